@@ -1,0 +1,249 @@
+//! One import, start to end: read the feed, select and order the IoCs, map them for the
+//! sink, and hand them to the uploader batch by batch.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::feed::{FeedError, Ioc, IocType, ParsedFeed, SkipCounts, SkipReason, ThreatFoxClient};
+use crate::report::{ImportReport, Outcome};
+use crate::sink::Sink;
+use crate::uploader::{Pending, UploadPolicy, UploadStop, Uploader};
+
+/// Where the feed comes from.
+#[derive(Debug, Clone)]
+pub enum FeedSource {
+    /// The ThreatFox API.
+    Api(ThreatFoxClient),
+    /// A saved `get_iocs` response.
+    File(PathBuf),
+}
+
+impl FeedSource {
+    /// How the source is named in reports.
+    pub fn describe(&self) -> String {
+        match self {
+            FeedSource::Api(_) => "threatfox".to_owned(),
+            FeedSource::File(path) => path.display().to_string(),
+        }
+    }
+
+    async fn read(&self, days: u8) -> Result<ParsedFeed, FeedError> {
+        match self {
+            FeedSource::Api(client) => client.fetch_recent(days).await,
+            FeedSource::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || crate::feed::read_saved_response(&path))
+                    .await
+                    .map_err(|err| FeedError::Malformed(format!("the parser stopped: {err}")))?
+            }
+        }
+    }
+}
+
+/// Which IoCs an import keeps.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The ThreatFox types to import.
+    pub types: BTreeSet<IocType>,
+    /// IoCs below this confidence are skipped.
+    pub min_confidence: u8,
+    /// Indicator lifetime after the IoC was last reported.
+    pub expiration_days: u16,
+    /// Ids at or below this were delivered by an earlier import.
+    pub after_id: Option<u64>,
+}
+
+impl Selection {
+    /// Orders the IoCs by id (the order the checkpoint relies on) and drops the ones this
+    /// import should not send, counting each by reason.
+    pub fn apply(
+        &self,
+        mut iocs: Vec<Ioc>,
+        now: OffsetDateTime,
+        skipped: &mut SkipCounts,
+    ) -> Vec<Ioc> {
+        iocs.sort_by_key(|ioc| ioc.id);
+        let mut kept: Vec<Ioc> = Vec::with_capacity(iocs.len());
+        for ioc in iocs {
+            let reason = if kept.last().is_some_and(|last| last.id == ioc.id) {
+                Some(SkipReason::Duplicate)
+            } else if self.after_id.is_some_and(|after| ioc.id <= after) {
+                Some(SkipReason::AlreadyImported)
+            } else if !self.types.contains(&ioc.ioc_type) {
+                Some(SkipReason::NotSelected)
+            } else if ioc.confidence < self.min_confidence {
+                Some(SkipReason::BelowMinConfidence)
+            } else if ioc.expires_at(self.expiration_days) <= now {
+                Some(SkipReason::Expired)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => skipped.add(reason),
+                None => kept.push(ioc),
+            }
+        }
+        kept
+    }
+}
+
+/// The parameters of one import.
+#[derive(Debug, Clone)]
+pub struct ImportPlan {
+    /// Which IoCs to keep.
+    pub selection: Selection,
+    /// How to pace and retry.
+    pub policy: UploadPolicy,
+    /// Indicators per request.
+    pub batch_size: usize,
+    /// The feed window, in days.
+    pub days: u8,
+    /// Whether the sink only writes what it would send.
+    pub dry_run: bool,
+}
+
+/// Runs one import and reports what happened; errors end up in the report, never lost.
+///
+/// `on_settled` is called with the highest id of each batch once every item in it is
+/// delivered or permanently rejected, so a checkpoint can be kept exact.
+pub async fn run_import(
+    source: &FeedSource,
+    sink: &dyn Sink,
+    plan: ImportPlan,
+    mut on_settled: impl FnMut(u64) -> Result<(), String>,
+) -> ImportReport {
+    let ImportPlan {
+        selection,
+        policy,
+        batch_size,
+        days,
+        dry_run,
+    } = plan;
+    let started = Instant::now();
+    let mut report = ImportReport::new(sink.name(), &source.describe(), days, dry_run);
+    info!(sink = sink.name(), source = %report.source, days, dry_run, "import started");
+
+    let feed = match source.read(days).await {
+        Ok(feed) => feed,
+        Err(err) => {
+            report.outcome = Outcome::Failed;
+            report.error = Some(err.to_string());
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            error!(error = %err, "import failed: could not read the feed");
+            return report;
+        }
+    };
+    report.fetched = feed.received;
+    report.skipped = feed.skipped;
+    let iocs = selection.apply(feed.iocs, OffsetDateTime::now_utc(), &mut report.skipped);
+
+    let mut uploader = Uploader::new(sink, policy);
+    let mut remaining = iocs.into_iter();
+    let mut batch: Vec<Pending>;
+    let mut stop: Option<UploadStop> = None;
+    loop {
+        batch = next_batch(&mut remaining, sink, batch_size, &mut report.skipped);
+        if batch.is_empty() {
+            break;
+        }
+        let outcome = match uploader.upload(&batch).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                stop = Some(err);
+                break;
+            }
+        };
+
+        report.uploaded += outcome.delivered;
+        for (id, message) in outcome.rejected {
+            report.reject(id, message);
+        }
+        let highest = batch.iter().map(|p| p.id).max().unwrap_or_default();
+        batch.clear();
+        if let Err(err) = on_settled(highest) {
+            stop = Some(UploadStop::Failed(format!(
+                "could not save the checkpoint: {err}"
+            )));
+            break;
+        }
+    }
+
+    if let Some(stop) = stop {
+        // Whatever was not settled is counted, mapped or not, so the totals still add up.
+        report.not_delivered += batch.len() as u64;
+        for ioc in remaining {
+            match sink.map(&ioc) {
+                Ok(_) => report.not_delivered += 1,
+                Err(reason) => report.skipped.add(reason),
+            }
+        }
+        report.outcome = match stop {
+            UploadStop::OutOfTime => Outcome::Incomplete,
+            UploadStop::Failed(_) => Outcome::Failed,
+        };
+        report.error = Some(stop.to_string());
+    }
+    report.upload = uploader.stats().clone();
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    log_report(&report);
+    report
+}
+
+/// Maps IoCs until a batch is full or the feed ends; unmappable ones are counted.
+fn next_batch(
+    iocs: &mut impl Iterator<Item = Ioc>,
+    sink: &dyn Sink,
+    batch_size: usize,
+    skipped: &mut SkipCounts,
+) -> Vec<Pending> {
+    let mut batch = Vec::with_capacity(batch_size);
+    for ioc in iocs.by_ref() {
+        match sink.map(&ioc) {
+            Ok(item) => batch.push(Pending { id: ioc.id, item }),
+            Err(reason) => skipped.add(reason),
+        }
+        if batch.len() == batch_size {
+            break;
+        }
+    }
+    batch
+}
+
+fn log_report(report: &ImportReport) {
+    if report.skipped.total() > 0 {
+        let by_reason: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(r, c)| format!("{r}={c}"))
+            .collect();
+        warn!(skipped = report.skipped.total(), by_reason = %by_reason.join(","), "records skipped");
+    }
+    let outcome = format!("{:?}", report.outcome).to_lowercase();
+    if report.outcome == Outcome::Complete {
+        info!(
+            outcome,
+            fetched = report.fetched,
+            uploaded = report.uploaded,
+            rejected = report.rejected,
+            skipped = report.skipped.total(),
+            requests = report.upload.requests,
+            retries = report.upload.retries,
+            duration_ms = report.duration_ms,
+            "import finished"
+        );
+    } else {
+        error!(
+            outcome,
+            error = report.error.as_deref().unwrap_or(""),
+            fetched = report.fetched,
+            uploaded = report.uploaded,
+            not_delivered = report.not_delivered,
+            duration_ms = report.duration_ms,
+            "import did not finish"
+        );
+    }
+}

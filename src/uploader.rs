@@ -1,0 +1,275 @@
+//! The bounded sequential uploader: the one place that decides when a request is sent.
+//!
+//! One request is in flight at a time. Requests are spaced evenly under the sink's rate
+//! limit, so a normal run is never throttled; when the service throttles anyway, the
+//! uploader waits exactly as long as it is told. Transient failures are retried with
+//! exponential backoff and jitter, a refused token is renewed once, and a batch the service
+//! rejects as a whole is split in halves until the offending items are isolated, so one bad
+//! indicator never costs the other ninety-nine.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::sink::{SendError, Sink};
+
+/// How the uploader paces and retries.
+#[derive(Debug, Clone)]
+pub struct UploadPolicy {
+    /// Requests a minute the uploader stays under.
+    pub requests_per_minute: u32,
+    /// Tries of one request before the import gives up on it.
+    pub max_attempts: u32,
+    /// No new batch starts after this instant, and no wait runs past it.
+    pub deadline: Instant,
+    /// The first backoff pause; each retry doubles it, up to `backoff_cap`.
+    pub backoff_base: Duration,
+    /// The longest backoff pause.
+    pub backoff_cap: Duration,
+    /// Throttling answers tolerated for one request before giving up.
+    pub max_throttle_waits: u32,
+}
+
+impl UploadPolicy {
+    /// The default policy for a sink's limit, a try count and a time budget from now.
+    pub fn new(requests_per_minute: u32, max_attempts: u32, budget: Duration) -> Self {
+        Self {
+            requests_per_minute,
+            max_attempts,
+            deadline: Instant::now() + budget,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            max_throttle_waits: 30,
+        }
+    }
+
+    /// The even spacing between request starts: a minute over the limit, with 1% to spare
+    /// so that clock drift never puts one request too many in a service's window.
+    pub fn interval(&self) -> Duration {
+        let limit = f64::from(self.requests_per_minute.max(1));
+        Duration::from_secs_f64(60.0 / limit * 1.01)
+    }
+}
+
+/// What the uploader did, for the import report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UploadStats {
+    /// Requests sent, retries included.
+    pub requests: u64,
+    /// Requests sent again after a failure or a throttling answer.
+    pub retries: u64,
+    /// Throttling answers received.
+    pub throttled: u64,
+    /// Time spent waiting on throttling answers, in milliseconds.
+    pub throttle_wait_ms: u64,
+    /// Time spent in backoff pauses after failures, in milliseconds.
+    pub backoff_wait_ms: u64,
+    /// Batches split because the service rejected them as a whole.
+    pub splits: u64,
+}
+
+/// One mapped indicator on its way, with the ThreatFox id it came from.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The ThreatFox id.
+    pub id: u64,
+    /// The sink's indicator.
+    pub item: Value,
+}
+
+/// The settled fate of one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Items the service accepted.
+    pub delivered: u64,
+    /// Items the service refused, with their ThreatFox id and the service's reason.
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// Why the uploader stopped before a batch was settled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadStop {
+    /// The time budget ran out; the batch was not (fully) sent.
+    #[error("the time budget ran out (IMPORT_TIME_BUDGET_SECS); the next run carries on")]
+    OutOfTime,
+    /// The service kept failing, or failed in a way retries cannot fix.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why one request was not settled.
+enum Unsettled {
+    /// The service's answer, which retrying did not or cannot fix.
+    Refused(SendError),
+    /// The next try would have to wait past the time budget.
+    NoTime,
+}
+
+/// Sends batches to one sink, one request at a time.
+pub struct Uploader<'a> {
+    sink: &'a dyn Sink,
+    policy: UploadPolicy,
+    stats: UploadStats,
+    next_start: Option<Instant>,
+}
+
+impl<'a> Uploader<'a> {
+    /// Creates an uploader for `sink`.
+    pub fn new(sink: &'a dyn Sink, policy: UploadPolicy) -> Self {
+        Self {
+            sink,
+            policy,
+            stats: UploadStats::default(),
+            next_start: None,
+        }
+    }
+
+    /// What the uploader has done so far.
+    pub fn stats(&self) -> &UploadStats {
+        &self.stats
+    }
+
+    /// Whether the time budget still allows a new batch.
+    pub fn has_time(&self) -> bool {
+        Instant::now() < self.policy.deadline
+    }
+
+    /// Delivers one batch, settling every item as delivered or rejected.
+    ///
+    /// A batch rejected as a whole is split in halves until each rejection is pinned to
+    /// one item. Items are sent in the order given.
+    pub async fn upload(&mut self, batch: &[Pending]) -> Result<BatchOutcome, UploadStop> {
+        if !self.has_time() {
+            return Err(UploadStop::OutOfTime);
+        }
+        let items: Vec<Value> = batch.iter().map(|p| p.item.clone()).collect();
+        let mut outcome = BatchOutcome::default();
+        // Ranges still to send, last first; a split pushes its two halves.
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        ranges.push(0..items.len());
+
+        while let Some(range) = ranges.pop() {
+            match self.send_with_retries(&items[range.clone()]).await {
+                Ok(delivery) => {
+                    for rejection in &delivery.rejected {
+                        let id = batch[range.start + rejection.index.min(range.len() - 1)].id;
+                        outcome.rejected.push((id, rejection.message.clone()));
+                    }
+                    outcome.delivered += (range.len() - delivery.rejected.len()) as u64;
+                }
+                Err(Unsettled::Refused(SendError::BatchRejected { message, .. }))
+                    if range.len() == 1 =>
+                {
+                    outcome.rejected.push((batch[range.start].id, message));
+                }
+                Err(Unsettled::Refused(SendError::BatchRejected { message, .. })) => {
+                    self.stats.splits += 1;
+                    debug!(items = range.len(), %message, "batch rejected as a whole, splitting it");
+                    let middle = range.start + range.len() / 2;
+                    ranges.push(middle..range.end);
+                    ranges.push(range.start..middle);
+                }
+                Err(Unsettled::NoTime) => return Err(UploadStop::OutOfTime),
+                Err(Unsettled::Refused(err)) => return Err(UploadStop::Failed(err.to_string())),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Sends one request until it gets an answer that settles it.
+    async fn send_with_retries(
+        &mut self,
+        items: &[Value],
+    ) -> Result<crate::sink::Delivery, Unsettled> {
+        let mut failures = 0;
+        let mut throttles = 0;
+        let mut renewed_token = false;
+        loop {
+            self.wait_for_turn().await;
+            self.stats.requests += 1;
+            let error = match self.sink.send(items).await {
+                Ok(delivery) => return Ok(delivery),
+                Err(err) => err,
+            };
+
+            let pause = match &error {
+                SendError::Throttled { retry_after } => {
+                    throttles += 1;
+                    self.stats.throttled += 1;
+                    if throttles > self.policy.max_throttle_waits {
+                        return Err(Unsettled::Refused(SendError::Fatal {
+                            message: format!(
+                                "still throttled after {throttles} waits; lower UPLOAD_MAX_REQUESTS_PER_MINUTE"
+                            ),
+                        }));
+                    }
+                    let pause = retry_after.unwrap_or_else(|| self.backoff(throttles));
+                    self.stats.throttle_wait_ms += pause.as_millis() as u64;
+                    warn!(
+                        wait_ms = pause.as_millis() as u64,
+                        told = retry_after.is_some(),
+                        "throttled by {}, waiting",
+                        self.sink.name()
+                    );
+                    pause
+                }
+                SendError::Transient { reason } => {
+                    failures += 1;
+                    if failures >= self.policy.max_attempts {
+                        return Err(Unsettled::Refused(SendError::Fatal {
+                            message: format!(
+                                "gave up after {failures} attempts (UPLOAD_MAX_ATTEMPTS): {reason}"
+                            ),
+                        }));
+                    }
+                    let pause = self.backoff(failures);
+                    self.stats.backoff_wait_ms += pause.as_millis() as u64;
+                    warn!(attempt = failures, wait_ms = pause.as_millis() as u64, %reason, "request to {} failed, retrying", self.sink.name());
+                    pause
+                }
+                SendError::Unauthorized { message } if !renewed_token => {
+                    renewed_token = true;
+                    warn!(%message, "{} refused the token, retrying once with a fresh one", self.sink.name());
+                    Duration::ZERO
+                }
+                _ => return Err(Unsettled::Refused(error)),
+            };
+
+            if Instant::now() + pause > self.policy.deadline {
+                warn!(
+                    wait_ms = pause.as_millis() as u64,
+                    "the next try would end past the time budget; stopping"
+                );
+                return Err(Unsettled::NoTime);
+            }
+            self.stats.retries += 1;
+            tokio::time::sleep(pause).await;
+            self.next_start = Some(Instant::now());
+        }
+    }
+
+    /// Waits until the pacing interval since the previous request has passed.
+    async fn wait_for_turn(&mut self) {
+        if let Some(next) = self.next_start {
+            tokio::time::sleep_until(next).await;
+        }
+        self.next_start = Some(Instant::now() + self.policy.interval());
+    }
+
+    /// Exponential backoff with jitter: a random pause between half and all of
+    /// `base * 2^(n-1)`, capped, so that retries from several clients spread out.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(16);
+        let ceiling = self
+            .policy
+            .backoff_base
+            .saturating_mul(1 << exponent)
+            .min(self.policy.backoff_cap);
+        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
