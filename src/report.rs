@@ -118,12 +118,16 @@ impl ImportReport {
         } else {
             "uploaded"
         };
+        let outcome = match self.outcome {
+            Outcome::Complete => "complete",
+            Outcome::Incomplete => "incomplete",
+            Outcome::Failed => "failed",
+        };
         let _ = writeln!(
             text,
-            "import {:?} to {} from {} ({} day window) in {:.1} s",
-            self.outcome,
-            self.sink,
+            "import {outcome}: {} -> {} ({} day window) in {:.1} s",
             self.source,
+            self.sink,
             self.window_days,
             self.duration_ms as f64 / 1000.0
         );
