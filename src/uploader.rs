@@ -134,9 +134,12 @@ impl<'a> Uploader<'a> {
         &self.stats
     }
 
-    /// Whether the time budget still allows a new batch.
+    /// Whether the time budget still allows a new batch, counting the pacing pause the
+    /// batch would have to wait first.
     pub fn has_time(&self) -> bool {
-        Instant::now() < self.policy.deadline
+        let now = Instant::now();
+        let start = self.next_start.map_or(now, |next| next.max(now));
+        start < self.policy.deadline
     }
 
     /// Delivers one batch, settling every item as delivered or rejected.
@@ -271,5 +274,217 @@ impl<'a> Uploader<'a> {
             .saturating_mul(1 << exponent)
             .min(self.policy.backoff_cap);
         ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::feed::{Ioc, SkipReason};
+    use crate::sink::{Delivery, ItemRejection};
+
+    /// A sink that answers from a script, then accepts everything; items with `"bad": true`
+    /// make the whole batch fail with 400, as a strict service would.
+    #[derive(Default)]
+    struct ScriptedSink {
+        script: Mutex<VecDeque<Result<Delivery, SendError>>>,
+        sent: Mutex<Vec<(Instant, Vec<Value>)>>,
+    }
+
+    impl ScriptedSink {
+        fn answering(script: impl IntoIterator<Item = Result<Delivery, SendError>>) -> Self {
+            Self { script: Mutex::new(script.into_iter().collect()), ..Default::default() }
+        }
+
+        fn sent(&self) -> Vec<(Instant, Vec<Value>)> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Sink for ScriptedSink {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn requests_per_minute(&self) -> u32 {
+            1_000
+        }
+
+        fn map(&self, _ioc: &Ioc) -> Result<Value, SkipReason> {
+            Err(SkipReason::UnsupportedBySink)
+        }
+
+        fn request_body(&self, items: &[Value]) -> Value {
+            json!(items)
+        }
+
+        async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
+            self.sent.lock().unwrap().push((Instant::now(), items.to_vec()));
+            if let Some(answer) = self.script.lock().unwrap().pop_front() {
+                return answer;
+            }
+            if items.iter().any(|item| item["bad"] == true) {
+                return Err(SendError::BatchRejected { status: 400, message: "bad item".into() });
+            }
+            Ok(Delivery::default())
+        }
+
+        async fn probe(&self) -> Result<String, SendError> {
+            Ok(String::new())
+        }
+    }
+
+    fn batch(ids: impl IntoIterator<Item = u64>) -> Vec<Pending> {
+        ids.into_iter().map(|id| Pending { id, item: json!({ "id": id }) }).collect()
+    }
+
+    fn policy(requests_per_minute: u32, budget_secs: u64) -> UploadPolicy {
+        UploadPolicy::new(requests_per_minute, 6, Duration::from_secs(budget_secs))
+    }
+
+    fn throttled(wait: Option<u64>) -> Result<Delivery, SendError> {
+        Err(SendError::Throttled { retry_after: wait.map(Duration::from_secs) })
+    }
+
+    fn transient() -> Result<Delivery, SendError> {
+        Err(SendError::Transient { reason: "HTTP 503".into() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_requests_wait_exactly_the_retry_after() {
+        let sink = ScriptedSink::answering([throttled(Some(7))]);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 600));
+
+        let outcome = uploader.upload(&batch(1..=3)).await.unwrap();
+
+        let sent = sink.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].0 - sent[0].0, Duration::from_secs(7));
+        assert_eq!(sent[0].1, sent[1].1, "the same batch is sent again");
+        assert_eq!(outcome.delivered, 3);
+        let stats = uploader.stats();
+        assert_eq!((stats.requests, stats.retries, stats.throttled), (2, 1, 1));
+        assert_eq!(stats.throttle_wait_ms, 7_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_without_retry_after_falls_back_to_backoff() {
+        let sink = ScriptedSink::answering([throttled(None), throttled(None)]);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 600));
+
+        uploader.upload(&batch([1])).await.unwrap();
+
+        let sent = sink.sent();
+        let first = sent[1].0 - sent[0].0;
+        let second = sent[2].0 - sent[1].0;
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1), "{first:?}");
+        assert!(second >= Duration::from_secs(1) && second <= Duration::from_secs(2), "{second:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_then_give_up_after_max_attempts() {
+        let sink = ScriptedSink::answering((0..10).map(|_| transient()));
+        let mut uploader = Uploader::new(&sink, UploadPolicy::new(60_000, 3, Duration::from_secs(600)));
+
+        let stop = uploader.upload(&batch(1..=2)).await.unwrap_err();
+
+        assert!(matches!(&stop, UploadStop::Failed(m) if m.contains("gave up after 3 attempts")), "{stop:?}");
+        let sent = sink.sent();
+        assert_eq!(sent.len(), 3);
+        assert!(sent[2].0 - sent[1].0 > sent[1].0 - sent[0].0 - Duration::from_millis(500));
+        assert_eq!(uploader.stats().retries, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_tried_once_more_and_then_fails() {
+        let refused = || Err(SendError::Unauthorized { message: "expired".into() });
+        let sink = ScriptedSink::answering([refused(), refused()]);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 600));
+
+        let stop = uploader.upload(&batch([1])).await.unwrap_err();
+
+        assert_eq!(sink.sent().len(), 2);
+        assert!(matches!(stop, UploadStop::Failed(m) if m.contains("401")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_batch_is_split_until_only_the_bad_items_are_left() {
+        let sink = ScriptedSink::default();
+        let mut pending = batch(1..=10);
+        pending[3].item["bad"] = json!(true);
+        pending[8].item["bad"] = json!(true);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 600));
+
+        let outcome = uploader.upload(&pending).await.unwrap();
+
+        assert_eq!(outcome.delivered, 8);
+        assert_eq!(outcome.rejected, [(4, "bad item".to_owned()), (9, "bad item".to_owned())]);
+        let delivered: Vec<u64> = sink
+            .sent()
+            .iter()
+            .filter(|(_, items)| items.iter().all(|i| i["bad"] != true))
+            .flat_map(|(_, items)| items.iter().map(|i| i["id"].as_u64().unwrap()).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(delivered, [1, 2, 3, 5, 6, 7, 8, 10], "each good item sent once, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_item_rejections_are_mapped_back_to_their_ids() {
+        let partial = Delivery { rejected: vec![ItemRejection { index: 1, message: "no".into() }] };
+        let sink = ScriptedSink::answering([Ok(partial)]);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 600));
+
+        let outcome = uploader.upload(&batch([10, 20, 30])).await.unwrap();
+
+        assert_eq!(outcome, BatchOutcome { delivered: 2, rejected: vec![(20, "no".into())] });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_evenly_under_the_rate_limit() {
+        let sink = ScriptedSink::default();
+        let mut uploader = Uploader::new(&sink, policy(100, 3_600));
+
+        for id in 1..=4 {
+            uploader.upload(&batch([id])).await.unwrap();
+        }
+
+        let sent = sink.sent();
+        for pair in sent.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(gap >= Duration::from_millis(600), "{gap:?}");
+            assert!(gap <= Duration::from_millis(610), "{gap:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_batch_starts_once_the_time_budget_is_spent() {
+        let sink = ScriptedSink::default();
+        // Six requests a minute: the second batch could only start after ten seconds.
+        let mut uploader = Uploader::new(&sink, policy(6, 10));
+
+        let first = uploader.upload(&batch([1])).await;
+        let second = uploader.upload(&batch([2])).await;
+
+        assert!(first.is_ok());
+        assert_eq!(second, Err(UploadStop::OutOfTime));
+        assert_eq!(sink.sent().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_the_budget_stops_the_import_instead() {
+        let sink = ScriptedSink::answering([throttled(Some(3_600))]);
+        let mut uploader = Uploader::new(&sink, policy(60_000, 60));
+
+        let stop = uploader.upload(&batch([1])).await;
+
+        assert_eq!(stop, Err(UploadStop::OutOfTime));
+        assert_eq!(sink.sent().len(), 1, "nothing is sent while the service says to wait");
     }
 }

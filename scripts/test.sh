@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check the project has, installing what they need first:
+#   - the Rust tests (unit and end-to-end against local fakes),
+#   - the deployment checks (Bicep syntax and roles, host.json and function.json, packaging).
+# Usage: scripts/test.sh    (from anywhere; needs cargo, cargo-nextest, python3, node/npm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${VENV_DIR:-${TMPDIR:-/tmp}/threatfox-sentinel-venv}"
+if [[ ! -x "$venv/bin/pytest" ]]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r infra/tests/requirements.txt
+
+echo "== cargo nextest run"
+cargo nextest run --locked --no-fail-fast
+
+echo "== deployment checks"
+"$venv/bin/pytest" -q -p no:cacheprovider infra/tests
