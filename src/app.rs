@@ -69,6 +69,11 @@ impl App {
         &self.settings
     }
 
+    /// The HTTP client every upstream shares.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// Runs one import, unless one is already running in this process.
     pub async fn import(&self, request: ImportRequest) -> Result<ImportReport, ImportRefused> {
         let _running = self.running.try_lock().map_err(|_| ImportRefused::Busy)?;
@@ -120,7 +125,7 @@ impl App {
     }
 
     /// Builds the configured sink, wrapped for a dry run when asked.
-    async fn build_sink(
+    pub(crate) async fn build_sink(
         &self,
         dry_run: bool,
         output: Option<Box<dyn Write + Send>>,

@@ -30,6 +30,9 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Check the settings and that ThreatFox, the identity and the sink answer; imports
+    /// nothing.
+    Check,
     /// Run one import now and print a summary.
     Import {
         /// Feed window in days, 1 to 7 (default: IMPORT_DAYS).
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
     };
     let result = match command {
         Command::Serve { port } => runtime.block_on(serve(settings, port)),
+        Command::Check => runtime.block_on(check(settings)),
         Command::Import {
             days,
             input,
@@ -121,6 +125,19 @@ async fn serve(settings: Settings, port: Option<u16>) -> anyhow::Result<ExitCode
         .map_err(|err| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {err}"))?;
     crate::server::serve(app, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check(settings: Settings) -> anyhow::Result<ExitCode> {
+    let app = App::new(settings)?;
+    let results = crate::check::run_checks(&app).await;
+    for result in &results {
+        println!("{result}");
+    }
+    Ok(if results.iter().all(|r| r.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 async fn import(

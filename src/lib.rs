@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod feed;

@@ -299,7 +299,10 @@ mod tests {
 
     impl ScriptedSink {
         fn answering(script: impl IntoIterator<Item = Result<Delivery, SendError>>) -> Self {
-            Self { script: Mutex::new(script.into_iter().collect()), ..Default::default() }
+            Self {
+                script: Mutex::new(script.into_iter().collect()),
+                ..Default::default()
+            }
         }
 
         fn sent(&self) -> Vec<(Instant, Vec<Value>)> {
@@ -326,12 +329,18 @@ mod tests {
         }
 
         async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
-            self.sent.lock().unwrap().push((Instant::now(), items.to_vec()));
+            self.sent
+                .lock()
+                .unwrap()
+                .push((Instant::now(), items.to_vec()));
             if let Some(answer) = self.script.lock().unwrap().pop_front() {
                 return answer;
             }
             if items.iter().any(|item| item["bad"] == true) {
-                return Err(SendError::BatchRejected { status: 400, message: "bad item".into() });
+                return Err(SendError::BatchRejected {
+                    status: 400,
+                    message: "bad item".into(),
+                });
             }
             Ok(Delivery::default())
         }
@@ -342,7 +351,12 @@ mod tests {
     }
 
     fn batch(ids: impl IntoIterator<Item = u64>) -> Vec<Pending> {
-        ids.into_iter().map(|id| Pending { id, item: json!({ "id": id }) }).collect()
+        ids.into_iter()
+            .map(|id| Pending {
+                id,
+                item: json!({ "id": id }),
+            })
+            .collect()
     }
 
     fn policy(requests_per_minute: u32, budget_secs: u64) -> UploadPolicy {
@@ -350,11 +364,15 @@ mod tests {
     }
 
     fn throttled(wait: Option<u64>) -> Result<Delivery, SendError> {
-        Err(SendError::Throttled { retry_after: wait.map(Duration::from_secs) })
+        Err(SendError::Throttled {
+            retry_after: wait.map(Duration::from_secs),
+        })
     }
 
     fn transient() -> Result<Delivery, SendError> {
-        Err(SendError::Transient { reason: "HTTP 503".into() })
+        Err(SendError::Transient {
+            reason: "HTTP 503".into(),
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -384,18 +402,30 @@ mod tests {
         let sent = sink.sent();
         let first = sent[1].0 - sent[0].0;
         let second = sent[2].0 - sent[1].0;
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1), "{first:?}");
-        assert!(second >= Duration::from_secs(1) && second <= Duration::from_secs(2), "{second:?}");
+        assert!(
+            first >= Duration::from_millis(500) && first <= Duration::from_secs(1),
+            "{first:?}"
+        );
+        assert!(
+            second >= Duration::from_secs(1) && second <= Duration::from_secs(2),
+            "{second:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_back_off_then_give_up_after_max_attempts() {
         let sink = ScriptedSink::answering((0..10).map(|_| transient()));
-        let mut uploader = Uploader::new(&sink, UploadPolicy::new(60_000, 3, Duration::from_secs(600)));
+        let mut uploader = Uploader::new(
+            &sink,
+            UploadPolicy::new(60_000, 3, Duration::from_secs(600)),
+        );
 
         let stop = uploader.upload(&batch(1..=2)).await.unwrap_err();
 
-        assert!(matches!(&stop, UploadStop::Failed(m) if m.contains("gave up after 3 attempts")), "{stop:?}");
+        assert!(
+            matches!(&stop, UploadStop::Failed(m) if m.contains("gave up after 3 attempts")),
+            "{stop:?}"
+        );
         let sent = sink.sent();
         assert_eq!(sent.len(), 3);
         assert!(sent[2].0 - sent[1].0 > sent[1].0 - sent[0].0 - Duration::from_millis(500));
@@ -404,7 +434,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_token_is_tried_once_more_and_then_fails() {
-        let refused = || Err(SendError::Unauthorized { message: "expired".into() });
+        let refused = || {
+            Err(SendError::Unauthorized {
+                message: "expired".into(),
+            })
+        };
         let sink = ScriptedSink::answering([refused(), refused()]);
         let mut uploader = Uploader::new(&sink, policy(60_000, 600));
 
@@ -425,25 +459,48 @@ mod tests {
         let outcome = uploader.upload(&pending).await.unwrap();
 
         assert_eq!(outcome.delivered, 8);
-        assert_eq!(outcome.rejected, [(4, "bad item".to_owned()), (9, "bad item".to_owned())]);
+        assert_eq!(
+            outcome.rejected,
+            [(4, "bad item".to_owned()), (9, "bad item".to_owned())]
+        );
         let delivered: Vec<u64> = sink
             .sent()
             .iter()
             .filter(|(_, items)| items.iter().all(|i| i["bad"] != true))
-            .flat_map(|(_, items)| items.iter().map(|i| i["id"].as_u64().unwrap()).collect::<Vec<_>>())
+            .flat_map(|(_, items)| {
+                items
+                    .iter()
+                    .map(|i| i["id"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        assert_eq!(delivered, [1, 2, 3, 5, 6, 7, 8, 10], "each good item sent once, in order");
+        assert_eq!(
+            delivered,
+            [1, 2, 3, 5, 6, 7, 8, 10],
+            "each good item sent once, in order"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn per_item_rejections_are_mapped_back_to_their_ids() {
-        let partial = Delivery { rejected: vec![ItemRejection { index: 1, message: "no".into() }] };
+        let partial = Delivery {
+            rejected: vec![ItemRejection {
+                index: 1,
+                message: "no".into(),
+            }],
+        };
         let sink = ScriptedSink::answering([Ok(partial)]);
         let mut uploader = Uploader::new(&sink, policy(60_000, 600));
 
         let outcome = uploader.upload(&batch([10, 20, 30])).await.unwrap();
 
-        assert_eq!(outcome, BatchOutcome { delivered: 2, rejected: vec![(20, "no".into())] });
+        assert_eq!(
+            outcome,
+            BatchOutcome {
+                delivered: 2,
+                rejected: vec![(20, "no".into())]
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -485,6 +542,10 @@ mod tests {
         let stop = uploader.upload(&batch([1])).await;
 
         assert_eq!(stop, Err(UploadStop::OutOfTime));
-        assert_eq!(sink.sent().len(), 1, "nothing is sent while the service says to wait");
+        assert_eq!(
+            sink.sent().len(),
+            1,
+            "nothing is sent while the service says to wait"
+        );
     }
 }

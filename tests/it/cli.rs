@@ -153,3 +153,88 @@ async fn a_whole_batch_rejected_with_400_is_split_until_the_bad_item_is_found() 
     sent.dedup();
     assert_eq!(sent.len(), 25, "every item was sent");
 }
+
+#[tokio::test]
+async fn check_passes_when_every_dependency_answers() {
+    let upstreams = Upstreams::new(fake_threatfox(sample_feed()).await, fake_graph().await).await;
+    let dir = temp_dir("check-ok");
+
+    let run = run_cli(upstreams.env(&dir), &["check"]).await;
+
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}");
+    for name in ["settings", "threatfox", "token", "graph"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("34 IoCs in the last day"), "{stdout}");
+    let probe = &upstreams.graph.requests()[0];
+    assert_eq!(
+        (probe.method.as_str(), probe.uri.as_str()),
+        ("GET", "/beta/security/tiIndicators?$top=1")
+    );
+    assert!(
+        upstreams.graph.requests().iter().all(|r| r.method == "GET"),
+        "check writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn check_names_each_failing_dependency_with_its_fix() {
+    let cases: [(&str, Fake, Fake, bool, &str); 3] = [
+        (
+            "threatfox",
+            Fake::start(|_, _| Reply::json(401, json!({"error": "Unauthorized"}))).await,
+            fake_graph().await,
+            false,
+            "set THREATFOX_AUTH_KEY",
+        ),
+        (
+            "graph",
+            fake_threatfox(sample_feed()).await,
+            Fake::start(|_, _| Reply::json(403, json!({"error": {"code": "Forbidden"}}))).await,
+            false,
+            "ThreatIndicators.ReadWrite.OwnedBy",
+        ),
+        (
+            "token",
+            fake_threatfox(sample_feed()).await,
+            fake_graph().await,
+            true,
+            "managed identity",
+        ),
+    ];
+    for (failing, threatfox, graph, break_identity, fix) in cases {
+        let upstreams = Upstreams::new(threatfox, graph).await;
+        let dir = temp_dir("check-fail");
+        let mut env = upstreams.env(&dir);
+        let refusing_identity = Fake::start(|_, _| {
+            Reply::json(
+                400,
+                json!({"error": "invalid_request", "error_description": "Identity not found"}),
+            )
+        })
+        .await;
+        if break_identity {
+            env.insert(
+                "IDENTITY_ENDPOINT".into(),
+                refusing_identity.url("/msi/token"),
+            );
+        }
+
+        let run = run_cli(env, &["check"]).await;
+
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(run.status.code(), Some(1), "{stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("FAIL") && l.contains(failing))
+            .unwrap_or_else(|| panic!("{failing}: {stdout}"));
+        assert!(line.contains(fix), "{line}");
+        assert!(!stdout.contains(AUTH_KEY));
+    }
+}
