@@ -6,15 +6,14 @@ mod dry_run;
 mod graph;
 mod http;
 mod sentinel;
+mod stix;
 
 pub use dry_run::DryRunSink;
 pub(crate) use graph::rfc3339;
 pub use graph::{GRAPH_SCOPE, GraphOptions, GraphSink, map_graph_indicator};
 pub use http::{parse_retry_after, retry_after_from_message};
-pub use sentinel::{
-    SENTINEL_SCOPE, STIX_ID_NAMESPACE, SentinelOptions, SentinelSink, TLP_CLEAR,
-    map_stix_indicator, stix_id,
-};
+pub use sentinel::{SENTINEL_SCOPE, SentinelOptions, SentinelSink};
+pub use stix::{STIX_ID_NAMESPACE, TLP_CLEAR, map_stix_indicator, stix_id};
 
 use std::time::Duration;
 
