@@ -11,7 +11,9 @@ use crate::config::{ConfigError, Settings, SinkKind};
 use crate::feed::ThreatFoxClient;
 use crate::import::{FeedSource, ImportPlan, Selection, run_import};
 use crate::report::{ImportReport, Outcome};
-use crate::sink::{DryRunSink, GRAPH_SCOPE, GraphOptions, GraphSink, Sink};
+use crate::sink::{
+    DryRunSink, GRAPH_SCOPE, GraphOptions, GraphSink, SentinelOptions, SentinelSink, Sink,
+};
 use crate::uploader::UploadPolicy;
 
 /// What one import should do.
@@ -166,7 +168,22 @@ impl App {
                 ))
             }
             SinkKind::Sentinel => {
-                return Err("the sentinel sink is not available in this build".to_owned());
+                // Settings refuse IMPORT_SINK=sentinel without a workspace; checked again
+                // here so that a Settings built another way cannot reach the API without one.
+                let workspace_id = settings.sentinel_workspace_id.clone().ok_or(
+                    "setting SENTINEL_WORKSPACE_ID is required when IMPORT_SINK is sentinel",
+                )?;
+                let options = SentinelOptions {
+                    source_system: settings.sentinel_source_system.clone(),
+                    expiration_days: settings.expiration_days,
+                };
+                Box::new(SentinelSink::new(
+                    self.http.clone(),
+                    settings.sentinel_api_url.clone(),
+                    workspace_id,
+                    tokens,
+                    options,
+                ))
             }
         };
         Ok(if dry_run {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::http::{common_status_error, short, transport_error};
-use super::{Delivery, ItemRejection, SendError, Sink};
+use super::{Delivery, ItemRejection, KillChainPhase, SendError, Sink};
 use crate::auth::TokenSource;
 use crate::config::TargetProduct;
 use crate::feed::{HashAlgorithm, Ioc, Observable, SkipReason};
@@ -120,11 +120,7 @@ fn graph_threat_type(threat_type: &str) -> &'static str {
 
 /// The kill-chain phase, only where ThreatFox's threat type states it plainly.
 pub(crate) fn kill_chain(threat_type: &str) -> Option<&'static str> {
-    match threat_type {
-        "botnet_cc" => Some("C2"),
-        "payload_delivery" => Some("Delivery"),
-        _ => None,
-    }
+    KillChainPhase::of_threat_type(threat_type).map(KillChainPhase::graph_name)
 }
 
 /// A readable name for ThreatFox's threat type.

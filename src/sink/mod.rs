@@ -5,11 +5,15 @@
 mod dry_run;
 mod graph;
 mod http;
+mod sentinel;
+mod stix;
 
 pub use dry_run::DryRunSink;
 pub(crate) use graph::rfc3339;
 pub use graph::{GRAPH_SCOPE, GraphOptions, GraphSink, map_graph_indicator};
 pub use http::{parse_retry_after, retry_after_from_message};
+pub use sentinel::{SENTINEL_SCOPE, SentinelOptions, SentinelSink};
+pub use stix::{STIX_ID_NAMESPACE, TLP_CLEAR, map_stix_indicator, stix_id};
 
 use std::time::Duration;
 
@@ -69,6 +73,43 @@ pub enum SendError {
         /// What happened and what to do about it.
         message: String,
     },
+}
+
+/// A phase of the Lockheed Martin cyber kill chain, named where ThreatFox's threat type
+/// states it plainly; each sink spells it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillChainPhase {
+    /// The malware is being delivered (`payload_delivery`).
+    Delivery,
+    /// Infected hosts talk to their controller (`botnet_cc`).
+    CommandAndControl,
+}
+
+impl KillChainPhase {
+    /// The phase a ThreatFox threat type implies, if it implies one.
+    pub(crate) fn of_threat_type(threat_type: &str) -> Option<Self> {
+        match threat_type {
+            "botnet_cc" => Some(Self::CommandAndControl),
+            "payload_delivery" => Some(Self::Delivery),
+            _ => None,
+        }
+    }
+
+    /// Graph's `killChain` value.
+    pub(crate) fn graph_name(self) -> &'static str {
+        match self {
+            Self::Delivery => "Delivery",
+            Self::CommandAndControl => "C2",
+        }
+    }
+
+    /// The STIX `phase_name`: lowercase words joined by hyphens.
+    pub(crate) fn stix_name(self) -> &'static str {
+        match self {
+            Self::Delivery => "delivery",
+            Self::CommandAndControl => "command-and-control",
+        }
+    }
 }
 
 fn wait_suffix(wait: Option<Duration>) -> String {
