@@ -378,6 +378,16 @@ mod tests {
     }
 
     #[test]
+    fn dates_at_the_end_of_the_calendar_do_not_overflow_the_expiry() {
+        let mut raw = record("domain", "evil.example");
+        raw["first_seen"] = json!("9999-12-30 00:00:00 UTC");
+
+        let ioc = parse_record(raw).unwrap();
+
+        assert_eq!(ioc.expires_at(90).year(), 9999);
+    }
+
+    #[test]
     fn unknown_types_are_reported_as_such() {
         assert_eq!(
             observable("ja3_fingerprint", "abc"),
