@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check the project has, installing what they need first:
 #   - the Rust tests (unit and end-to-end against local fakes),
+#   - the STIX the sentinel sink writes, through the OASIS validators,
 #   - the deployment checks (Bicep syntax and roles, host.json and function.json, packaging).
 # Usage: scripts/test.sh    (from anywhere; needs cargo, cargo-nextest, python3, node/npm)
 set -euo pipefail
@@ -14,6 +15,9 @@ fi
 
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast
+
+echo "== STIX validation of the sentinel sink's output"
+VENV="$venv" bash tests/stix/run.sh "${CARGO_TARGET_DIR:-target}/debug/threatfox-sentinel"
 
 echo "== deployment checks"
 "$venv/bin/pytest" -q -p no:cacheprovider infra/tests

@@ -178,7 +178,8 @@ impl Ioc {
 
     /// When an indicator for this IoC should expire: `days` after it was last reported.
     pub fn expires_at(&self, days: u16) -> OffsetDateTime {
-        self.last_reported().saturating_add(time::Duration::days(i64::from(days)))
+        self.last_reported()
+            .saturating_add(time::Duration::days(i64::from(days)))
     }
 
     /// The malware family names: the printable name, then the aliases, without repeats

@@ -328,3 +328,71 @@ async fn a_throttled_batch_waits_for_retry_after_before_it_is_sent_again() {
     assert_eq!(report["throttle_wait_ms"], 1000);
     assert_eq!(report["retries"], 1);
 }
+
+#[tokio::test]
+async fn the_sentinel_sink_uploads_stix_with_ids_that_stay_the_same_across_imports() {
+    let sentinel = Fake::start(|_, _| Reply::text(200, "application/json", "")).await;
+    let upstreams = Upstreams::new(fake_threatfox(sample_feed()).await, sentinel).await;
+    let dir = temp_dir("sentinel");
+    let mut env = upstreams.env(&dir);
+    env.insert("IMPORT_SINK".into(), "sentinel".into());
+    env.insert(
+        "SENTINEL_WORKSPACE_ID".into(),
+        "9b2a3c1e-3f5d-4a7b-8c9d-0e1f2a3b4c5d".into(),
+    );
+    env.insert("SENTINEL_API_URL".into(), upstreams.graph.url(""));
+    env.insert("STATE_DIR".into(), dir.join("first").display().to_string());
+    let host = Host::start(env.clone(), &dir).await;
+
+    let (status, reply) = host.invoke("ScheduledImport", Host::timer_data()).await;
+    drop(host);
+    env.insert("STATE_DIR".into(), dir.join("second").display().to_string());
+    let again = Host::start(env, &dir).await;
+    let (again_status, _) = again.invoke("ScheduledImport", Host::timer_data()).await;
+
+    assert_eq!((status, again_status), (200, 200), "{reply}");
+    assert_eq!(reply["ReturnValue"]["uploaded"], 25);
+    let requests = upstreams.graph.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].uri,
+        "/workspaces/9b2a3c1e-3f5d-4a7b-8c9d-0e1f2a3b4c5d/threat-intelligence-stix-objects:upload?api-version=2024-02-01-preview"
+    );
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some(format!("Bearer {}", upstreams.token))
+    );
+    assert!(
+        upstreams.identity.requests()[0]
+            .uri
+            .contains("resource=https%3A%2F%2Fmanagement.azure.com")
+    );
+    let body = requests[0].json();
+    assert_eq!(body["sourcesystem"], "ThreatFox");
+    let objects = body["stixobjects"].as_array().unwrap();
+    assert_eq!(objects.len(), 25);
+    let endpoint = objects
+        .iter()
+        .find(|o| o["pattern"] == "[ipv4-addr:value = '81.2.69.142']")
+        .unwrap();
+    assert!(
+        endpoint["labels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("port:80")),
+        "{endpoint}"
+    );
+    let ids = |body: &Value| -> Vec<Value> {
+        body["stixobjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(&body),
+        ids(&requests[1].json()),
+        "a re-import updates the same objects"
+    );
+}
