@@ -511,3 +511,26 @@ pub fn graph_external_ids(graph: &Fake) -> Vec<String> {
         .map(|i| i["externalId"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A TCP front for `target` that accepts and at once closes its first `drops` connections,
+/// as a load balancer resetting connections would, and relays the rest.
+pub async fn flaky_front(target: SocketAddr, drops: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            accepted += 1;
+            if accepted <= drops {
+                drop(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    addr
+}
