@@ -8,10 +8,7 @@ use crate::app::App;
 use crate::auth::TokenSource;
 use crate::config::SinkKind;
 use crate::feed::ThreatFoxClient;
-use crate::sink::GRAPH_SCOPE;
-
-/// The token scope of the Sentinel Upload API.
-const MANAGEMENT_SCOPE: &str = "https://management.azure.com/.default";
+use crate::sink::{GRAPH_SCOPE, SENTINEL_SCOPE};
 
 /// The result of one check.
 #[derive(Debug, Clone)]
@@ -68,7 +65,7 @@ pub async fn run_checks(app: &App) -> Vec<CheckResult> {
 
     let scope = match settings.sink {
         SinkKind::Graph => GRAPH_SCOPE,
-        SinkKind::Sentinel => MANAGEMENT_SCOPE,
+        SinkKind::Sentinel => SENTINEL_SCOPE,
     };
     let token = match TokenSource::from_settings(settings) {
         Err(err) => Err(err.to_string()),
