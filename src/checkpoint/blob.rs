@@ -387,9 +387,8 @@ async fn renew(
             }
             Err(err) => {
                 let reason = describe(&err);
-                if renewed.elapsed() + interval >= duration
-                    || err.http_status() == Some(StatusCode::Conflict)
-                {
+                let is_refused = err.http_status() == Some(StatusCode::Conflict);
+                if is_lost(is_refused, renewed.elapsed(), interval, duration) {
                     error!(error = %reason, "the import lock was lost");
                     if let Ok(mut slot) = lost.lock() {
                         *slot = Some(reason);
@@ -400,6 +399,12 @@ async fn renew(
             }
         }
     }
+}
+
+/// Whether a failed renewal means the lease is gone: the service refused it outright (409:
+/// it expired and was taken, or was broken), or it will have expired before the next try.
+fn is_lost(is_refused: bool, since_renewed: Duration, interval: Duration, lease: Duration) -> bool {
+    is_refused || since_renewed + interval >= lease
 }
 
 /// Whether a write failed on its ETag condition (412), or on `If-None-Match: *` because the
@@ -427,5 +432,66 @@ fn describe(err: &azure_core::Error) -> String {
              account named by AzureWebJobsStorage__accountName)"
         ),
         _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(60);
+    const INTERVAL: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn one_failed_renewal_is_retried_while_the_lease_lasts() {
+        let first_failure = is_lost(false, INTERVAL, INTERVAL, LEASE);
+        let second_failure = is_lost(false, INTERVAL * 2, INTERVAL, LEASE);
+
+        assert!(!first_failure);
+        assert!(second_failure);
+    }
+
+    #[test]
+    fn a_refused_renewal_loses_the_lease_at_once() {
+        assert!(is_lost(true, INTERVAL, INTERVAL, LEASE));
+    }
+
+    #[test]
+    fn a_store_needs_a_lease_azure_allows() {
+        let service = Url::parse("https://account.blob.core.windows.net").unwrap();
+        let credential: Arc<dyn TokenCredential> = Arc::new(NoCredential);
+        let options = |lease, renew| BlobStoreOptions {
+            lease_duration: Duration::from_secs(lease),
+            renew_interval: Duration::from_secs(renew),
+            ..Default::default()
+        };
+
+        let too_short = BlobStore::new(&service, credential.clone(), options(10, 5));
+        let too_long = BlobStore::new(&service, credential.clone(), options(90, 20));
+        let never_renewed = BlobStore::new(&service, credential.clone(), options(15, 15));
+        let fine = BlobStore::new(&service, credential, options(60, 20)).unwrap();
+
+        assert!(too_short.is_err() && too_long.is_err() && never_renewed.is_err());
+        assert_eq!(
+            fine.checkpoint_url().as_str(),
+            "https://account.blob.core.windows.net/threatfox-sentinel/checkpoint.json"
+        );
+    }
+
+    #[derive(Debug)]
+    struct NoCredential;
+
+    #[async_trait::async_trait]
+    impl TokenCredential for NoCredential {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            Err(azure_core::Error::with_message(
+                ErrorKind::Credential,
+                "no token in this test",
+            ))
+        }
     }
 }

@@ -161,10 +161,9 @@ impl CheckpointStore {
     pub async fn load(&self) -> Result<Loaded, CheckpointError> {
         match self {
             CheckpointStore::File(store) => {
+                let stopped = store_stopped("read", store);
                 let store = store.clone();
-                spawn_blocking(move || store.load(), || store_error("read"))
-                    .await
-                    .and_then(|loaded| loaded)
+                spawn_blocking(move || store.load(), stopped).await?
             }
             CheckpointStore::Blob(store) => store.load().await,
         }
@@ -179,14 +178,10 @@ impl CheckpointStore {
     ) -> Result<Version, CheckpointError> {
         match self {
             CheckpointStore::File(store) => {
+                let stopped = store_stopped("write", store);
                 let (store, checkpoint, expected) =
                     (store.clone(), checkpoint.clone(), expected.clone());
-                spawn_blocking(
-                    move || store.save(&checkpoint, &expected),
-                    || store_error("write"),
-                )
-                .await
-                .and_then(|saved| saved)
+                spawn_blocking(move || store.save(&checkpoint, &expected), stopped).await?
             }
             CheckpointStore::Blob(store) => store.save(checkpoint, expected).await,
         }
@@ -196,12 +191,12 @@ impl CheckpointStore {
     pub async fn acquire(&self) -> Result<ImportLock, LockError> {
         match self {
             CheckpointStore::File(store) => {
-                let store = store.clone();
-                let failed = || LockError::Failed {
-                    location: String::from("import.lock"),
-                    reason: "the lock task stopped".to_owned(),
+                let stopped = LockError::Failed {
+                    location: store.lock_path().display().to_string(),
+                    reason: "the file task stopped".to_owned(),
                 };
-                let lock = spawn_blocking(move || store.acquire(), failed).await??;
+                let store = store.clone();
+                let lock = spawn_blocking(move || store.acquire(), stopped).await??;
                 Ok(ImportLock(LockKind::File(lock)))
             }
             CheckpointStore::Blob(store) => Ok(ImportLock(LockKind::Blob(store.acquire().await?))),
@@ -209,22 +204,21 @@ impl CheckpointStore {
     }
 }
 
-fn store_error(action: &'static str) -> CheckpointError {
+/// The error for a file task that panicked instead of answering.
+fn store_stopped(action: &'static str, store: &FileStore) -> CheckpointError {
     CheckpointError::Store {
         action,
-        location: "checkpoint.json".to_owned(),
+        location: store.checkpoint_path().display().to_string(),
         reason: "the file task stopped".to_owned(),
     }
 }
 
-/// Runs blocking file work off the async threads; `stopped` describes a task that panicked.
+/// Runs blocking file work off the async threads; `stopped` is the error if it panics.
 async fn spawn_blocking<T: Send + 'static, E>(
     work: impl FnOnce() -> T + Send + 'static,
-    stopped: impl FnOnce() -> E,
+    stopped: E,
 ) -> Result<T, E> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| stopped())
+    tokio::task::spawn_blocking(work).await.map_err(|_| stopped)
 }
 
 /// The import lock, held until [`ImportLock::release`] or drop.
