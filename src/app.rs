@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::{TokenSource, tenant_of_token};
 use crate::checkpoint::{
@@ -226,7 +226,7 @@ impl App {
             ImportReport::new(self.settings.sink.as_str(), &source, days, request.dry_run);
         report.outcome = Outcome::Failed;
         report.error = Some(error);
-        tracing::error!(
+        error!(
             error = report.error.as_deref().unwrap_or(""),
             "import failed"
         );
