@@ -1,16 +1,21 @@
 //! The application: settings, the shared HTTP client and the one-import-at-a-time rule,
-//! with the wiring that turns settings into a feed source and a sink for each import.
+//! with the wiring that turns settings into a feed source, a sink and a checkpoint for each
+//! import.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use tracing::warn;
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
 
 use crate::auth::{TokenSource, tenant_of_token};
+use crate::checkpoint::{
+    Checkpoint, CheckpointStore, ImportLock, Loaded, LockError, Version, feed_window,
+};
 use crate::config::{ConfigError, Settings, SinkKind};
 use crate::feed::ThreatFoxClient;
-use crate::import::{FeedSource, ImportPlan, Selection, run_import};
-use crate::report::{ImportReport, Outcome};
+use crate::import::{FeedSource, ImportPlan, OnSettled, Selection, run_import};
+use crate::report::{CheckpointSummary, ImportReport, Outcome};
 use crate::sink::{
     DryRunSink, GRAPH_SCOPE, GraphOptions, GraphSink, SentinelOptions, SentinelSink, Sink,
 };
@@ -27,13 +32,18 @@ pub struct ImportRequest {
     pub input: Option<PathBuf>,
     /// Where a dry run writes its request bodies; discarded when unset.
     pub output: Option<Box<dyn Write + Send>>,
+    /// Neither read nor write the checkpoint (the lock is still taken).
+    pub no_checkpoint: bool,
 }
 
 /// Why an import did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportRefused {
-    /// Another import holds the lock.
-    #[error("an import is already running; try again when it has finished")]
+    /// Another import holds the lock, in this process or another one.
+    #[error(
+        "another import is running, possibly on another instance; try again when it has \
+         finished"
+    )]
     Busy,
     /// A setting the import needs is missing or wrong.
     #[error(transparent)]
@@ -44,7 +54,9 @@ pub enum ImportRefused {
 pub struct App {
     settings: Settings,
     http: reqwest::Client,
+    /// Refuses a second import in this process without asking the store.
     running: tokio::sync::Mutex<()>,
+    checkpoints: CheckpointStore,
 }
 
 impl App {
@@ -59,10 +71,12 @@ impl App {
             )
             .user_agent(concat!("threatfox-sentinel/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let checkpoints = CheckpointStore::from_settings(&settings)?;
         Ok(Self {
             settings,
             http,
             running: tokio::sync::Mutex::new(()),
+            checkpoints,
         })
     }
 
@@ -76,11 +90,52 @@ impl App {
         self.http.clone()
     }
 
-    /// Runs one import, unless one is already running in this process.
+    /// Runs one import, unless one is already running here or on another instance.
     pub async fn import(&self, request: ImportRequest) -> Result<ImportReport, ImportRefused> {
         let _running = self.running.try_lock().map_err(|_| ImportRefused::Busy)?;
+        let lock = match self.checkpoints.acquire().await {
+            Ok(lock) => lock,
+            Err(LockError::Busy { location }) => {
+                info!(lock = %location, "import refused: another import holds the lock");
+                return Err(ImportRefused::Busy);
+            }
+            Err(err) => {
+                let days = request.days.unwrap_or(self.settings.import_days);
+                return Ok(self.failed_report(&request, days, err.to_string()));
+            }
+        };
+        let result = self.import_locked(request, &lock).await;
+        lock.release().await;
+        result
+    }
+
+    /// The import proper, once the lock is held.
+    async fn import_locked(
+        &self,
+        request: ImportRequest,
+        lock: &ImportLock,
+    ) -> Result<ImportReport, ImportRefused> {
         let settings = &self.settings;
-        let days = request.days.unwrap_or(settings.import_days);
+        let started = OffsetDateTime::now_utc();
+        let loaded = if request.no_checkpoint {
+            None
+        } else {
+            match self.checkpoints.load().await {
+                Ok(loaded) => Some(loaded),
+                Err(err) => {
+                    let days = request.days.unwrap_or(settings.import_days);
+                    return Ok(self.failed_report(&request, days, err.to_string()));
+                }
+            }
+        };
+        let previous = loaded.as_ref().and_then(|l| l.checkpoint.clone());
+        let window = feed_window(
+            request.days,
+            settings.import_days,
+            previous.as_ref(),
+            started,
+        );
+        let days = window.days;
         let source = match request.input {
             Some(path) => FeedSource::File(path),
             None => FeedSource::Api(ThreatFoxClient::new(
@@ -108,7 +163,7 @@ impl App {
             types: settings.ioc_types.clone(),
             min_confidence: settings.min_confidence,
             expiration_days: settings.expiration_days,
-            after_id: None,
+            after_id: previous.as_ref().map(|c| c.last_id),
         };
         let limit = settings
             .max_requests_per_minute
@@ -122,8 +177,67 @@ impl App {
             days,
             dry_run: request.dry_run,
         };
-        let report = run_import(&source, sink.as_ref(), plan, |_| Ok(())).await;
+
+        // Dry runs read the checkpoint, to show what a real import would send, but never
+        // move it.
+        let mut progress = Progress {
+            lock,
+            saving: loaded
+                .filter(|_| !request.dry_run)
+                .map(|loaded| Saving::new(&self.checkpoints, loaded)),
+        };
+        let mut report = run_import(&source, sink.as_ref(), plan, &mut progress).await;
+
+        if report.outcome == Outcome::Complete
+            && let Some(saving) = progress.saving.as_mut()
+            && let Err(err) = saving.succeeded(started).await
+        {
+            // The delivered ids are saved; only the next window may come out wider.
+            warn!(error = %err, "could not record the successful import in the checkpoint");
+            report
+                .warnings
+                .push(format!("could not record the successful import: {err}"));
+        }
+        if let Some(gap) = window.gap_exceeded_days {
+            warn!(
+                gap_days = gap,
+                "the last complete import is older than the 7 days threatfox serves: IoCs first \
+                 seen in between were missed"
+            );
+            report.warnings.push(format!(
+                "the last complete import was {gap:.1} days ago, more than the 7 days threatfox \
+                 serves: IoCs first seen in between were missed"
+            ));
+        }
+        if !request.no_checkpoint {
+            report.checkpoint = Some(CheckpointSummary {
+                location: self.checkpoints.location(),
+                last_id_before: previous.as_ref().map(|c| c.last_id),
+                last_id_after: progress
+                    .saving
+                    .as_ref()
+                    .map_or(previous.as_ref(), |saving| saving.current.as_ref())
+                    .map(|c| c.last_id),
+            });
+        }
         Ok(report)
+    }
+
+    /// A report for an import that failed before it read the feed.
+    fn failed_report(&self, request: &ImportRequest, days: u8, error: String) -> ImportReport {
+        let source = request
+            .input
+            .as_ref()
+            .map_or_else(|| "threatfox".to_owned(), |path| path.display().to_string());
+        let mut report =
+            ImportReport::new(self.settings.sink.as_str(), &source, days, request.dry_run);
+        report.outcome = Outcome::Failed;
+        report.error = Some(error);
+        error!(
+            error = report.error.as_deref().unwrap_or(""),
+            "import failed"
+        );
+        report
     }
 
     /// Builds the configured sink, wrapped for a dry run when asked.
@@ -194,5 +308,81 @@ impl App {
         } else {
             sink
         })
+    }
+}
+
+/// What an import does after each settled batch: check that it still holds the lock, then
+/// save the checkpoint (unless this import does not move it).
+struct Progress<'a> {
+    lock: &'a ImportLock,
+    saving: Option<Saving<'a>>,
+}
+
+#[async_trait::async_trait]
+impl OnSettled for &mut Progress<'_> {
+    async fn settled(&mut self, highest_id: u64) -> Result<(), String> {
+        self.lock.check().map_err(|err| err.to_string())?;
+        match self.saving.as_mut() {
+            Some(saving) => saving.delivered(highest_id).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The checkpoint as an import moves it: saved after every settled batch.
+struct Saving<'a> {
+    store: &'a CheckpointStore,
+    current: Option<Checkpoint>,
+    version: Version,
+}
+
+impl<'a> Saving<'a> {
+    fn new(store: &'a CheckpointStore, loaded: Loaded) -> Self {
+        Self {
+            store,
+            current: loaded.checkpoint,
+            version: loaded.version,
+        }
+    }
+
+    /// Records that every id up to `highest` is settled.
+    async fn delivered(&mut self, highest: u64) -> Result<(), String> {
+        let last_id = self
+            .current
+            .as_ref()
+            .map_or(highest, |c| c.last_id.max(highest));
+        let next = Checkpoint {
+            last_id,
+            delivered_at: OffsetDateTime::now_utc(),
+            last_success_at: self.current.as_ref().and_then(|c| c.last_success_at),
+        };
+        self.save(next).await
+    }
+
+    /// Records that the import which started at `started` settled every record.
+    async fn succeeded(&mut self, started: OffsetDateTime) -> Result<(), String> {
+        let next = match &self.current {
+            Some(current) => Checkpoint {
+                last_success_at: Some(started),
+                ..current.clone()
+            },
+            // Nothing was ever delivered: id 0 skips nothing, but the window is remembered.
+            None => Checkpoint {
+                last_id: 0,
+                delivered_at: started,
+                last_success_at: Some(started),
+            },
+        };
+        self.save(next).await
+    }
+
+    async fn save(&mut self, next: Checkpoint) -> Result<(), String> {
+        self.version = self
+            .store
+            .save(&next, &self.version)
+            .await
+            .map_err(|err| err.to_string())?;
+        self.current = Some(next);
+        Ok(())
     }
 }

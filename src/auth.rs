@@ -77,6 +77,11 @@ impl TokenSource {
         }
     }
 
+    /// The credential itself, for clients that ask for their own tokens (blob storage).
+    pub fn credential(&self) -> Arc<dyn TokenCredential> {
+        Arc::clone(&self.credential)
+    }
+
     /// Gets a bearer token for `scope` (such as `https://graph.microsoft.com/.default`).
     ///
     /// The credential caches tokens and renews them before they expire.

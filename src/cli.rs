@@ -47,6 +47,9 @@ enum Command {
         /// Where --dry-run writes the request bodies (default: standard output).
         #[arg(long, value_name = "FILE", requires = "dry_run")]
         output: Option<PathBuf>,
+        /// Neither read nor move the checkpoint: import the whole window again.
+        #[arg(long)]
+        no_checkpoint: bool,
     },
 }
 
@@ -91,7 +94,17 @@ pub fn main() -> ExitCode {
             input,
             dry_run,
             output,
-        } => runtime.block_on(import(settings, days, input, dry_run, output)),
+            no_checkpoint,
+        } => {
+            let request = ImportRequest {
+                days,
+                dry_run,
+                input,
+                no_checkpoint,
+                output: None,
+            };
+            runtime.block_on(import(settings, request, output))
+        }
     };
     match result {
         Ok(code) => code,
@@ -142,12 +155,10 @@ async fn check(settings: Settings) -> anyhow::Result<ExitCode> {
 
 async fn import(
     settings: Settings,
-    days: Option<u8>,
-    input: Option<PathBuf>,
-    dry_run: bool,
+    mut request: ImportRequest,
     output: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let output: Option<Box<dyn Write + Send>> = match (&output, dry_run) {
+    let output: Option<Box<dyn Write + Send>> = match (&output, request.dry_run) {
         (Some(path), _) => {
             let file = File::create(path)
                 .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", path.display()))?;
@@ -156,16 +167,9 @@ async fn import(
         (None, true) => Some(Box::new(std::io::stdout())),
         (None, false) => None,
     };
+    request.output = output;
     let app = App::new(settings)?;
-    let report = match app
-        .import(ImportRequest {
-            days,
-            dry_run,
-            input,
-            output,
-        })
-        .await
-    {
+    let report = match app.import(request).await {
         Ok(report) => report,
         Err(ImportRefused::Config(err)) => return Err(err.into()),
         Err(err) => return Err(err.into()),

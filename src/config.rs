@@ -101,6 +101,10 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// `STATE_DIR`: where the local checkpoint and lock live.
     pub state_dir: PathBuf,
+    /// The blob service that keeps the checkpoint and lock in Azure, from
+    /// `AzureWebJobsStorage__blobServiceUri` or `AzureWebJobsStorage__accountName`; when
+    /// neither is set they live in `STATE_DIR`.
+    pub checkpoint_blob_service: Option<Url>,
     /// `AZURE_CLIENT_ID`: selects a user-assigned managed identity.
     pub azure_client_id: Option<String>,
     /// Whether a managed identity endpoint is present (`IDENTITY_ENDPOINT`).
@@ -261,6 +265,7 @@ impl Settings {
             state_dir: get("STATE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".threatfox-sentinel")),
+            checkpoint_blob_service: blob_service(&get)?,
             azure_client_id: get("AZURE_CLIENT_ID"),
             has_managed_identity: get("IDENTITY_ENDPOINT").is_some(),
             log_format,
@@ -291,6 +296,42 @@ fn url(
         return Err(ConfigError::new(name, "must be an http or https URL"));
     }
     Ok(url)
+}
+
+/// The blob endpoint of the Functions storage account, when the app names one through the
+/// identity-based `AzureWebJobsStorage__*` settings.
+fn blob_service(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Url>, ConfigError> {
+    const URI: &str = "AzureWebJobsStorage__blobServiceUri";
+    const ACCOUNT: &str = "AzureWebJobsStorage__accountName";
+    if get(URI).is_some() {
+        let endpoint = url(get, URI, "")?;
+        if endpoint.scheme() != "https" {
+            return Err(ConfigError::new(
+                URI,
+                "must be an https URL: storage accepts identity-based access only over https",
+            ));
+        }
+        return Ok(Some(endpoint));
+    }
+    let Some(account) = get(ACCOUNT) else {
+        return Ok(None);
+    };
+    let is_valid = (3..=24).contains(&account.len())
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !is_valid {
+        return Err(ConfigError::new(
+            ACCOUNT,
+            format!(
+                "is {account:?}; use the storage account name: 3 to 24 lowercase letters or digits"
+            ),
+        ));
+    }
+    let text = format!("https://{account}.blob.core.windows.net/");
+    Url::parse(&text)
+        .map(Some)
+        .map_err(|err| ConfigError::new(ACCOUNT, format!("gives the invalid URL {text} ({err})")))
 }
 
 fn number<T>(
@@ -452,6 +493,40 @@ mod tests {
 
         assert_eq!(err.setting, "THREATFOX_AUTH_KEY");
         assert!(err.problem.contains("auth.abuse.ch"));
+    }
+
+    #[test]
+    fn the_blob_checkpoint_follows_the_functions_storage_settings() {
+        let none = settings(&[]).unwrap();
+        let by_account =
+            settings(&[("AzureWebJobsStorage__accountName", "stthreatfox01")]).unwrap();
+        let by_uri = settings(&[
+            ("AzureWebJobsStorage__accountName", "ignored"),
+            (
+                "AzureWebJobsStorage__blobServiceUri",
+                "https://custom.blob.core.windows.net",
+            ),
+        ])
+        .unwrap();
+        let bad_account =
+            settings(&[("AzureWebJobsStorage__accountName", "St_Threatfox")]).unwrap_err();
+        let plain_http = settings(&[(
+            "AzureWebJobsStorage__blobServiceUri",
+            "http://127.0.0.1:10000/devstoreaccount1",
+        )])
+        .unwrap_err();
+
+        assert_eq!(none.checkpoint_blob_service, None);
+        assert_eq!(
+            by_account.checkpoint_blob_service.unwrap().as_str(),
+            "https://stthreatfox01.blob.core.windows.net/"
+        );
+        assert_eq!(
+            by_uri.checkpoint_blob_service.unwrap().as_str(),
+            "https://custom.blob.core.windows.net/"
+        );
+        assert_eq!(bad_account.setting, "AzureWebJobsStorage__accountName");
+        assert_eq!(plain_http.setting, "AzureWebJobsStorage__blobServiceUri");
     }
 
     #[test]

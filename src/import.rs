@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -91,6 +92,24 @@ impl Selection {
     }
 }
 
+/// Told the highest id of each batch once every item in it is delivered or permanently
+/// rejected: what keeps a checkpoint exact. A plain closure will do when nothing is awaited.
+#[async_trait]
+pub trait OnSettled: Send {
+    /// Records that every id up to `highest_id` is settled; an error stops the import.
+    async fn settled(&mut self, highest_id: u64) -> Result<(), String>;
+}
+
+#[async_trait]
+impl<F> OnSettled for F
+where
+    F: FnMut(u64) -> Result<(), String> + Send,
+{
+    async fn settled(&mut self, highest_id: u64) -> Result<(), String> {
+        self(highest_id)
+    }
+}
+
 /// The parameters of one import.
 #[derive(Debug, Clone)]
 pub struct ImportPlan {
@@ -109,12 +128,13 @@ pub struct ImportPlan {
 /// Runs one import and reports what happened; errors end up in the report, never lost.
 ///
 /// `on_settled` is called with the highest id of each batch once every item in it is
-/// delivered or permanently rejected, so a checkpoint can be kept exact.
+/// delivered or permanently rejected, so a checkpoint can be kept exact; an error from it
+/// stops the import.
 pub async fn run_import(
     source: &FeedSource,
     sink: &dyn Sink,
     plan: ImportPlan,
-    mut on_settled: impl FnMut(u64) -> Result<(), String>,
+    mut on_settled: impl OnSettled,
 ) -> ImportReport {
     let ImportPlan {
         selection,
@@ -164,7 +184,7 @@ pub async fn run_import(
         }
         let highest = batch.iter().map(|p| p.id).max().unwrap_or_default();
         batch.clear();
-        if let Err(err) = on_settled(highest) {
+        if let Err(err) = on_settled.settled(highest).await {
             stop = Some(UploadStop::Failed(format!(
                 "could not save the checkpoint: {err}"
             )));

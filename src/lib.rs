@@ -3,11 +3,13 @@
 //!
 //! The same library serves the Azure Functions custom handler ([`server`]) and the command
 //! line ([`cli`]). An import reads the feed ([`feed`]), selects and orders the IoCs
-//! ([`import`]), maps them for a [`sink`], and delivers them through the [`uploader`].
+//! ([`import`]), maps them for a [`sink`], and delivers them through the [`uploader`]; the
+//! [`checkpoint`] lets the next import resume after the last id delivered.
 
 pub mod app;
 pub mod auth;
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod feed;

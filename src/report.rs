@@ -32,6 +32,17 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// Where the checkpoint stood before and after an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointSummary {
+    /// The checkpoint file or blob.
+    pub location: String,
+    /// The highest id delivered before this import; `None` on a first import.
+    pub last_id_before: Option<u64>,
+    /// The highest id delivered once this import ended.
+    pub last_id_after: Option<u64>,
+}
+
 /// Everything an import did, in numbers.
 ///
 /// Every record fetched ends in exactly one of `skipped`, `uploaded`, `rejected` or
@@ -69,6 +80,11 @@ pub struct ImportReport {
     pub upload: UploadStats,
     /// Why the import failed or stopped early.
     pub error: Option<String>,
+    /// The checkpoint, unless the import ran without one.
+    pub checkpoint: Option<CheckpointSummary>,
+    /// Things that went wrong without stopping the import, such as a gap since the last
+    /// import longer than the feed reaches back.
+    pub warnings: Vec<String>,
 }
 
 impl ImportReport {
@@ -91,6 +107,8 @@ impl ImportReport {
             not_delivered: 0,
             upload: UploadStats::default(),
             error: None,
+            checkpoint: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -158,6 +176,19 @@ impl ImportReport {
             self.upload.throttled,
             self.upload.throttle_wait_ms
         );
+        if let Some(checkpoint) = &self.checkpoint {
+            let id = |id: Option<u64>| id.map_or_else(|| "none".to_owned(), |id| id.to_string());
+            let _ = writeln!(
+                text,
+                "  checkpoint: last id {} -> {} ({})",
+                id(checkpoint.last_id_before),
+                id(checkpoint.last_id_after),
+                checkpoint.location
+            );
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(text, "  warning: {warning}");
+        }
         if let Some(error) = &self.error {
             let _ = writeln!(text, "  error: {error}");
         }

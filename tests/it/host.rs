@@ -271,7 +271,10 @@ async fn a_second_import_while_one_runs_gets_409() {
     let body: Value =
         serde_json::from_str(second_reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("already running"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("another import is running"),
         "{body}"
     );
     assert_eq!(upstreams.threatfox.requests().len(), 1);
