@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check the project has, installing what they need first:
-#   - the Rust tests (unit and end-to-end against local fakes),
+#   - the Rust tests (unit, end-to-end against local fakes, and the blob checkpoint against
+#     Azurite, the storage emulator, which the tests start themselves),
 #   - the STIX the sentinel sink writes, through the OASIS validators,
 #   - the deployment checks (Bicep syntax and roles, host.json and function.json, packaging).
-# Usage: scripts/test.sh    (from anywhere; needs cargo, cargo-nextest, python3, node/npm)
+# Usage: scripts/test.sh    (from anywhere; needs cargo, cargo-nextest, python3, node/npm
+#                           and openssl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,9 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r infra/tests/requirements.txt
+
+echo "== npm ci (Azurite for the blob checkpoint tests)"
+npm ci --no-audit --no-fund --loglevel=error
 
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast
