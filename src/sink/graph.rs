@@ -9,7 +9,7 @@ use reqwest::Url;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use super::http::{common_status_error, short, transport_error};
+use super::http::{execute, short};
 use super::{Delivery, ItemRejection, KillChainPhase, SendError, Sink};
 use crate::auth::TokenSource;
 use crate::config::TargetProduct;
@@ -250,47 +250,35 @@ impl Sink for GraphSink {
     }
 
     async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
-        let response = self
+        let request = self
             .http
             .post(self.endpoint("security/tiIndicators/submitTiIndicators"))
             .header("Authorization", self.bearer().await?)
-            .json(&self.request_body(items))
-            .send()
-            .await
-            .map_err(|err| transport_error(&err))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.map_err(|err| transport_error(&err))?;
+            .json(&self.request_body(items));
+        let answer = execute(request).await?;
 
-        match status.as_u16() {
+        match answer.status.as_u16() {
             200 | 201 => Ok(Delivery::default()),
             206 => Ok(Delivery {
-                rejected: partial_failures(items, &body),
+                rejected: partial_failures(items, &answer.body),
             }),
-            400 if !is_retired(400, &body) => Err(SendError::BatchRejected {
+            400 if !is_retired(400, &answer.body) => Err(SendError::BatchRejected {
                 status: 400,
-                message: short(&body),
+                message: short(&answer.body),
             }),
-            code => Err(common_status_error(status, &headers, &body)
-                .unwrap_or_else(|| fatal_for_status(code, &body))),
+            _ => Err(answer.error(fatal_for_status)),
         }
     }
 
     async fn probe(&self) -> Result<String, SendError> {
-        let response = self
+        let request = self
             .http
             .get(self.endpoint("security/tiIndicators?$top=1"))
-            .header("Authorization", self.bearer().await?)
-            .send()
-            .await
-            .map_err(|err| transport_error(&err))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.map_err(|err| transport_error(&err))?;
-        match status.as_u16() {
+            .header("Authorization", self.bearer().await?);
+        let answer = execute(request).await?;
+        match answer.status.as_u16() {
             200 => Ok("graph tiIndicators answered and the identity may read them".to_owned()),
-            code => Err(common_status_error(status, &headers, &body)
-                .unwrap_or_else(|| fatal_for_status(code, &body))),
+            _ => Err(answer.error(fatal_for_status)),
         }
     }
 }

@@ -26,6 +26,38 @@ pub fn retry_after_from_message(body: &str) -> Option<Duration> {
     digits.parse().ok().map(Duration::from_secs)
 }
 
+/// An upstream's answer, read in full.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Answer {
+    /// The [`SendError`] for a status every sink treats alike, else the sink's own.
+    pub fn error(&self, otherwise: impl FnOnce(u16, &str) -> SendError) -> SendError {
+        common_status_error(self.status, &self.headers, &self.body)
+            .unwrap_or_else(|| otherwise(self.status.as_u16(), &self.body))
+    }
+}
+
+/// Sends a request and reads the whole answer; a request that gets no answer is transient.
+pub async fn execute(request: reqwest::RequestBuilder) -> Result<Answer, SendError> {
+    let response = request.send().await.map_err(|err| transport_error(&err))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.map_err(|err| transport_error(&err))?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Turns a failed `send` into a [`SendError`]: every transport failure is transient.
 pub fn transport_error(err: &reqwest::Error) -> SendError {
     let reason = if err.is_timeout() {
