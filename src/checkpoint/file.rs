@@ -260,6 +260,13 @@ mod tests {
         );
     }
 
+    fn file_names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn a_save_leaves_no_temporary_file_behind() {
         let dir = TempDir::new();
@@ -267,11 +274,7 @@ mod tests {
 
         store.save(&checkpoint(1), &Version::absent()).unwrap();
 
-        let names: Vec<String> = std::fs::read_dir(&dir.0)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, vec![CHECKPOINT_FILE.to_owned()]);
+        assert_eq!(file_names(&dir.0), vec![CHECKPOINT_FILE.to_owned()]);
     }
 
     #[test]
@@ -301,11 +304,7 @@ mod tests {
         let written = store.replace(b"{}");
 
         assert!(written.is_err());
-        let names: Vec<String> = std::fs::read_dir(&dir.0)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, vec![CHECKPOINT_FILE.to_owned()]);
+        assert_eq!(file_names(&dir.0), vec![CHECKPOINT_FILE.to_owned()]);
     }
 
     #[test]
