@@ -1,4 +1,5 @@
-//! The blob store against Azurite in OAuth mode: ETag-guarded saves and the leased lock.
+//! The blob store against Azurite in OAuth mode, over HTTPS: ETag-guarded saves and the
+//! leased lock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use threatfox_sentinel::checkpoint::{
 };
 use time::macros::datetime;
 
-use crate::azurite::{Azurite, FakeStorageCredential};
+use crate::support::azurite::{Azurite, FakeStorageCredential};
 
 fn store(azurite: &Azurite, lease: Duration, renew: Duration) -> BlobStore {
     let options = BlobStoreOptions {

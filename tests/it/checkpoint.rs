@@ -1,13 +1,36 @@
-//! The binary with the file store: resuming after the checkpoint, the feed window, dry runs,
-//! `--no-checkpoint`, and a second import refused while one runs.
+//! The checkpoint and the import lock from the command line, with the file store: resuming
+//! after the checkpoint, the feed window, dry runs, `--no-checkpoint`, and a second import
+//! refused while one runs.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::support::{TempDir, Upstreams, command, finish, run};
+use crate::support::*;
+
+/// The fakes, with Graph answering every batch, and a feed of `ids` that can change.
+async fn upstreams(ids: impl IntoIterator<Item = u64>) -> (Feed, Upstreams) {
+    let feed = Feed::of_ids(ids);
+    let upstreams = Upstreams::new(feed.start().await, fake_graph().await).await;
+    (feed, upstreams)
+}
+
+/// The settings, with a two-day window and two indicators per batch, so that a handful of
+/// ids makes several batches and so several checkpoint saves.
+fn env(upstreams: &Upstreams, state: &Path) -> HashMap<String, String> {
+    let mut env = upstreams.env(state);
+    for (name, value) in [
+        ("IMPORT_DAYS", "2"),
+        ("UPLOAD_BATCH_SIZE", "2"),
+        ("UPLOAD_MAX_REQUESTS_PER_MINUTE", "60000"),
+    ] {
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    env
+}
 
 fn read_checkpoint(state: &Path) -> Value {
     let text = std::fs::read_to_string(state.join("checkpoint.json")).unwrap();
@@ -28,190 +51,203 @@ fn write_checkpoint(state: &Path, last_id: u64, succeeded_days_ago: i64) {
     std::fs::write(state.join("checkpoint.json"), stored.to_string()).unwrap();
 }
 
+fn stderr(run: &std::process::Output) -> String {
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn a_second_import_skips_the_ids_the_first_delivered() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
+    let state = temp_dir("checkpoint-resume");
+    let (feed, upstreams) = upstreams(100..=104).await;
+    let env = env(&upstreams, &state);
 
-    let first = run(&env, &["import"]).await;
-    let first_delivered = upstreams.take_delivered();
-    let after_first = read_checkpoint(state.path());
-    upstreams.serve_feed(100..=107);
-    let second = run(&env, &["import"]).await;
-    let second_delivered = upstreams.take_delivered();
+    let first = run_cli(env.clone(), &["import"]).await;
+    let first_delivered = graph_ids(&upstreams.graph);
+    let after_first = read_checkpoint(&state);
+    feed.serve_ids(100..=107);
+    let second = run_cli(env, &["import"]).await;
+    let second_delivered = graph_ids(&upstreams.graph).split_off(first_delivered.len());
 
-    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     assert_eq!(first_delivered, vec![100, 101, 102, 103, 104]);
     assert!(
-        first.stderr.contains("checkpoint: last id none -> 104"),
+        stderr(&first).contains("checkpoint: last id none -> 104"),
         "{}",
-        first.stderr
+        stderr(&first)
     );
     assert_eq!(after_first["last_id"], 104);
     assert!(after_first["last_success_at"].is_string(), "{after_first}");
-    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     assert_eq!(second_delivered, vec![105, 106, 107]);
     assert!(
-        second.stderr.contains("skipped 5 as already_imported"),
+        stderr(&second).contains("skipped 5 as already_imported"),
         "{}",
-        second.stderr
+        stderr(&second)
     );
     assert!(
-        second.stderr.contains("checkpoint: last id 104 -> 107"),
+        stderr(&second).contains("checkpoint: last id 104 -> 107"),
         "{}",
-        second.stderr
+        stderr(&second)
     );
-    assert_eq!(read_checkpoint(state.path())["last_id"], 107);
+    assert_eq!(read_checkpoint(&state)["last_id"], 107);
     // A first import asks for IMPORT_DAYS; the next, minutes later, needs no wider window.
     assert_eq!(upstreams.days_asked(), vec![2, 2]);
 }
 
 #[tokio::test]
 async fn the_window_reaches_back_to_the_last_complete_import() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
-    write_checkpoint(state.path(), 102, 4);
+    let state = temp_dir("checkpoint-window");
+    let (_, upstreams) = upstreams(100..=104).await;
+    let env = env(&upstreams, &state);
+    write_checkpoint(&state, 102, 4);
 
-    let widened = run(&env, &["import"]).await;
-    let explicit = run(&env, &["import", "--days", "1"]).await;
+    let widened = run_cli(env.clone(), &["import"]).await;
+    let delivered_by_widened = graph_ids(&upstreams.graph);
+    let explicit = run_cli(env, &["import", "--days", "1"]).await;
 
-    assert_eq!(widened.code, 0, "{}", widened.stderr);
+    assert_eq!(widened.status.code(), Some(0), "{}", stderr(&widened));
     assert!(
-        widened.stderr.contains("skipped 3 as already_imported"),
+        stderr(&widened).contains("skipped 3 as already_imported"),
         "{}",
-        widened.stderr
+        stderr(&widened)
     );
-    assert_eq!(upstreams.take_delivered(), vec![103, 104]);
-    assert_eq!(explicit.code, 0, "{}", explicit.stderr);
+    assert_eq!(delivered_by_widened, vec![103, 104]);
+    assert_eq!(explicit.status.code(), Some(0), "{}", stderr(&explicit));
+    assert_eq!(
+        graph_ids(&upstreams.graph),
+        vec![103, 104],
+        "nothing new for --days 1"
+    );
     // Four days and a moment ago: five started days, plus one; --days wins over that.
     assert_eq!(upstreams.days_asked(), vec![6, 1]);
 }
 
 #[tokio::test]
 async fn a_gap_longer_than_the_feed_reaches_is_reported() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=101).await;
-    let env = upstreams.env(state.path());
-    write_checkpoint(state.path(), 99, 9);
+    let state = temp_dir("checkpoint-gap");
+    let (_, upstreams) = upstreams(100..=101).await;
+    let env = env(&upstreams, &state);
+    write_checkpoint(&state, 99, 9);
 
-    let late = run(&env, &["import"]).await;
+    let late = run_cli(env, &["import"]).await;
 
-    assert_eq!(late.code, 0, "{}", late.stderr);
+    assert_eq!(late.status.code(), Some(0), "{}", stderr(&late));
     assert_eq!(upstreams.days_asked(), vec![7]);
     assert!(
-        late.stderr
-            .contains("warning: the last complete import was 9.0 days ago"),
+        stderr(&late).contains("warning: the last complete import was 9.0 days ago"),
         "{}",
-        late.stderr
+        stderr(&late)
     );
+    assert_eq!(graph_ids(&upstreams.graph), vec![100, 101]);
 }
 
 #[tokio::test]
 async fn a_dry_run_reads_the_checkpoint_but_never_moves_it() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
-    write_checkpoint(state.path(), 102, 0);
-    let before = std::fs::read(state.path().join("checkpoint.json")).unwrap();
-    let output = state.path().join("dry-run.jsonl");
+    let state = temp_dir("checkpoint-dry-run");
+    let (_, upstreams) = upstreams(100..=104).await;
+    let env = env(&upstreams, &state);
+    write_checkpoint(&state, 102, 0);
+    let before = std::fs::read(state.join("checkpoint.json")).unwrap();
+    let output = state.join("dry-run.jsonl");
 
-    let dry = run(
-        &env,
+    let dry = run_cli(
+        env,
         &["import", "--dry-run", "--output", output.to_str().unwrap()],
     )
     .await;
 
-    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
     assert!(
-        dry.stderr.contains("skipped 3 as already_imported"),
+        stderr(&dry).contains("skipped 3 as already_imported"),
         "{}",
-        dry.stderr
+        stderr(&dry)
     );
-    assert!(upstreams.take_delivered().is_empty());
+    assert!(upstreams.graph.requests().is_empty());
     let written = std::fs::read_to_string(&output).unwrap();
     assert!(written.contains("threatfox-103") && written.contains("threatfox-104"));
     assert!(!written.contains("threatfox-102"), "{written}");
     assert_eq!(
-        std::fs::read(state.path().join("checkpoint.json")).unwrap(),
+        std::fs::read(state.join("checkpoint.json")).unwrap(),
         before
     );
 }
 
 #[tokio::test]
 async fn no_checkpoint_imports_the_whole_window_and_leaves_the_checkpoint_alone() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
-    write_checkpoint(state.path(), 102, 0);
-    let before = std::fs::read(state.path().join("checkpoint.json")).unwrap();
+    let state = temp_dir("checkpoint-none");
+    let (_, upstreams) = upstreams(100..=104).await;
+    let env = env(&upstreams, &state);
+    write_checkpoint(&state, 102, 0);
+    let before = std::fs::read(state.join("checkpoint.json")).unwrap();
 
-    let again = run(&env, &["import", "--no-checkpoint"]).await;
+    let again = run_cli(env, &["import", "--no-checkpoint"]).await;
 
-    assert_eq!(again.code, 0, "{}", again.stderr);
-    assert_eq!(upstreams.take_delivered(), vec![100, 101, 102, 103, 104]);
-    assert!(!again.stderr.contains("checkpoint:"), "{}", again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(graph_ids(&upstreams.graph), vec![100, 101, 102, 103, 104]);
+    assert!(
+        !stderr(&again).contains("checkpoint:"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(
-        std::fs::read(state.path().join("checkpoint.json")).unwrap(),
+        std::fs::read(state.join("checkpoint.json")).unwrap(),
         before
     );
 }
 
 #[tokio::test]
 async fn a_saved_response_resumes_from_the_checkpoint_too() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
-    write_checkpoint(state.path(), 102, 0);
-    let saved = state.path().join("saved.json");
+    let state = temp_dir("checkpoint-saved");
+    let (_, upstreams) = upstreams(100..=104).await;
+    let env = env(&upstreams, &state);
+    write_checkpoint(&state, 102, 0);
+    let saved = state.join("saved.json");
     let response = reqwest::Client::new()
-        .post(env_value(&env, "THREATFOX_API_URL"))
+        .post(upstreams.threatfox.url("/api/v1/"))
         .json(&json!({ "query": "get_iocs", "days": 1 }))
         .send()
         .await
         .unwrap();
     std::fs::write(&saved, response.bytes().await.unwrap()).unwrap();
 
-    let from_file = run(&env, &["import", "--input", saved.to_str().unwrap()]).await;
+    let from_file = run_cli(env, &["import", "--input", saved.to_str().unwrap()]).await;
 
-    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
-    assert_eq!(upstreams.take_delivered(), vec![103, 104]);
-    assert_eq!(read_checkpoint(state.path())["last_id"], 104);
+    assert_eq!(from_file.status.code(), Some(0), "{}", stderr(&from_file));
+    assert_eq!(graph_ids(&upstreams.graph), vec![103, 104]);
+    assert_eq!(read_checkpoint(&state)["last_id"], 104);
     // Only the request that made the saved response reached ThreatFox.
     assert_eq!(upstreams.days_asked(), vec![1]);
 }
 
 #[tokio::test]
 async fn a_concurrent_import_is_refused_while_the_first_runs() {
-    let state = TempDir::new("state");
-    let upstreams = Upstreams::start(100..=104).await;
-    let env = upstreams.env(state.path());
-    upstreams.hold_graph();
+    let state = temp_dir("checkpoint-lock");
+    let gate = Gate::closed();
+    let held = gate.clone();
+    let graph = Fake::start(move |request, _| graph_accepts(request).held_by(&held)).await;
+    let feed = Feed::of_ids(100..=104);
+    let upstreams = Upstreams::new(feed.start().await, graph).await;
+    let env = env(&upstreams, &state);
 
-    let first = command(&env, &["import"]).spawn().unwrap();
-    upstreams.graph_called().await;
-    let second = run(&env, &["import"]).await;
-    upstreams.open_graph();
-    let first = finish(first).await;
+    let first = start_cli(&env, &["import"]);
+    upstreams.graph.received(1).await;
+    let second = run_cli(env, &["import"]).await;
+    gate.open();
+    let first = first.finish().await;
 
-    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     assert!(
-        second
-            .stderr
-            .contains("another import is running, possibly on another instance"),
+        stderr(&second).contains("another import is running, possibly on another instance"),
         "{}",
-        second.stderr
+        stderr(&second)
     );
-    assert_eq!(first.code, 0, "{}", first.stderr);
-    assert_eq!(upstreams.take_delivered(), vec![100, 101, 102, 103, 104]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(graph_ids(&upstreams.graph), vec![100, 101, 102, 103, 104]);
+    let accepted = accepted_counts(&upstreams.graph);
+    assert!(
+        accepted.len() == 5 && accepted.values().all(|c| *c == 1),
+        "{accepted:?}"
+    );
     // The refused import stopped before it asked ThreatFox for anything.
     assert_eq!(upstreams.days_asked(), vec![2]);
-}
-
-fn env_value(env: &[(String, String)], name: &str) -> String {
-    env.iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.clone())
-        .unwrap()
 }

@@ -7,18 +7,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// The sample feed's records that every sink can take, by `externalId`.
-fn sample_graph_ids() -> BTreeSet<String> {
-    [
-        1641001, 1641002, 1641003, 1641004, 1641005, 1641006, 1641007, 1641008, 1641009, 1641010,
-        1641011, 1641012, 1641014, 1641015, 1641016, 1641017, 1641018, 1641019, 1641020, 1641021,
-        1641022, 1641023, 1641024, 1641025, 1641026,
-    ]
-    .iter()
-    .map(|id| format!("threatfox-{id}"))
-    .collect()
-}
-
 #[tokio::test]
 async fn the_timer_imports_the_feed_into_graph_under_the_managed_identity() {
     let upstreams = Upstreams::new(fake_threatfox(sample_feed()).await, fake_graph().await).await;
@@ -66,7 +54,7 @@ async fn the_timer_imports_the_feed_into_graph_under_the_managed_identity() {
         Some(format!("Bearer {}", upstreams.token))
     );
     let received: BTreeSet<String> = graph_external_ids(&upstreams.graph).into_iter().collect();
-    assert_eq!(received, sample_graph_ids());
+    assert_eq!(received, sample_external_ids());
 
     let cobalt = graph[0].json()["value"]
         .as_array()

@@ -13,7 +13,7 @@ use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions}
 use azure_core::http::{ClientOptions, Transport, Url};
 use time::OffsetDateTime;
 
-use crate::support::TempDir;
+use super::{TempDir, repo, temp_dir};
 
 /// A running Azurite blob service; killed on drop.
 pub struct Azurite {
@@ -29,7 +29,7 @@ impl Azurite {
     /// Panics, failing the test, when Azurite or openssl is missing: a blob test that
     /// skipped itself would pass without testing anything.
     pub fn start() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = repo();
         let program = root.join("node_modules").join(".bin").join("azurite-blob");
         assert!(
             program.exists(),
@@ -38,10 +38,10 @@ impl Azurite {
             program.display(),
             root.display()
         );
-        let dir = TempDir::new("azurite");
-        let (cert, key, ca_pem) = make_certificate(dir.path());
+        let dir = temp_dir("azurite");
+        let (cert, key, ca_pem) = make_certificate(&dir);
         let port = free_port();
-        let log = dir.path().join("azurite.log");
+        let log = dir.join("azurite.log");
 
         let child = Command::new(&program)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -50,7 +50,7 @@ impl Azurite {
             .arg("--key")
             .arg(&key)
             .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--loose"])
-            .current_dir(dir.path())
+            .current_dir(&*dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the azurite log"))
