@@ -69,8 +69,11 @@ impl Selection {
     ) -> Vec<Ioc> {
         iocs.sort_by_key(|ioc| ioc.id);
         let mut kept: Vec<Ioc> = Vec::with_capacity(iocs.len());
+        let mut previous_id = None;
         for ioc in iocs {
-            let reason = if kept.last().is_some_and(|last| last.id == ioc.id) {
+            let is_repeat = previous_id == Some(ioc.id);
+            previous_id = Some(ioc.id);
+            let reason = if is_repeat {
                 Some(SkipReason::Duplicate)
             } else if self.after_id.is_some_and(|after| ioc.id <= after) {
                 Some(SkipReason::AlreadyImported)
@@ -265,5 +268,75 @@ fn log_report(report: &ImportReport) {
             duration_ms = report.duration_ms,
             "import did not finish"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::parse_record;
+    use serde_json::json;
+
+    fn ioc(id: u64, confidence: u8) -> Ioc {
+        parse_record(json!({
+            "id": id.to_string(), "ioc": format!("host{id}.example"), "ioc_type": "domain",
+            "threat_type": "botnet_cc", "confidence_level": confidence,
+            "first_seen": "2026-12-01 00:00:00 UTC"
+        }))
+        .unwrap()
+    }
+
+    fn selection(after_id: Option<u64>) -> Selection {
+        Selection {
+            types: IocType::ALL.into_iter().collect(),
+            min_confidence: 50,
+            expiration_days: 90,
+            after_id,
+        }
+    }
+
+    #[test]
+    fn iocs_are_ordered_by_id_and_each_skip_is_counted_by_reason() {
+        let now = time::macros::datetime!(2026-12-02 00:00 UTC);
+        let iocs = vec![
+            ioc(5, 90),
+            ioc(3, 90),
+            ioc(4, 10),
+            ioc(5, 90),
+            ioc(1, 90),
+            ioc(2, 90),
+        ];
+        let mut skipped = SkipCounts::default();
+
+        let kept = selection(Some(2)).apply(iocs, now, &mut skipped);
+
+        let ids: Vec<u64> = kept.iter().map(|i| i.id).collect();
+        assert_eq!(ids, [3, 5]);
+        assert_eq!(skipped.get(SkipReason::AlreadyImported), 2);
+        assert_eq!(skipped.get(SkipReason::BelowMinConfidence), 1);
+        assert_eq!(skipped.get(SkipReason::Duplicate), 1);
+    }
+
+    #[test]
+    fn repeated_ids_count_as_duplicates_even_below_the_checkpoint() {
+        let now = time::macros::datetime!(2026-12-02 00:00 UTC);
+        let mut skipped = SkipCounts::default();
+
+        let kept = selection(Some(9)).apply(vec![ioc(7, 90), ioc(7, 90)], now, &mut skipped);
+
+        assert!(kept.is_empty());
+        assert_eq!(skipped.get(SkipReason::AlreadyImported), 1);
+        assert_eq!(skipped.get(SkipReason::Duplicate), 1);
+    }
+
+    #[test]
+    fn expired_iocs_are_skipped() {
+        let later = time::macros::datetime!(2027-06-01 00:00 UTC);
+        let mut skipped = SkipCounts::default();
+
+        let kept = selection(None).apply(vec![ioc(1, 90)], later, &mut skipped);
+
+        assert!(kept.is_empty());
+        assert_eq!(skipped.get(SkipReason::Expired), 1);
     }
 }
