@@ -387,3 +387,37 @@ async fn the_sentinel_sink_uploads_stix_with_ids_that_stay_the_same_across_impor
         "a re-import updates the same objects"
     );
 }
+
+#[tokio::test]
+async fn without_a_key_the_handler_starts_and_each_import_names_the_setting() {
+    let upstreams = Upstreams::new(fake_threatfox(sample_feed()).await, fake_graph().await).await;
+    let dir = temp_dir("no-key");
+    let mut env = upstreams.env(&dir);
+    env.remove("THREATFOX_AUTH_KEY");
+    let host = Host::start(env, &dir).await;
+
+    let (timer_status, timer_reply) = host.invoke("ScheduledImport", Host::timer_data()).await;
+    let (_, now_reply) = host.invoke("ImportNow", Host::http_data(&[])).await;
+
+    assert_eq!(timer_status, 500);
+    assert!(
+        timer_reply["ReturnValue"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("setting THREATFOX_AUTH_KEY")
+    );
+    assert_eq!(now_reply["Outputs"]["res"]["statusCode"], 500);
+    assert!(
+        now_reply["Outputs"]["res"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("THREATFOX_AUTH_KEY")
+    );
+    assert!(
+        host.log()
+            .contains("imports will fail until the setting is fixed"),
+        "{}",
+        host.log()
+    );
+    assert!(upstreams.threatfox.requests().is_empty());
+}
