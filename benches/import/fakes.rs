@@ -74,6 +74,8 @@ pub struct SinkState {
     pub last_answer: Option<Instant>,
     /// Time from each answer to the client's next request, summed: the client's own share.
     pub client_gaps: Duration,
+    /// Time from each accepted request's arrival to its answer, summed: the sink's share.
+    pub served: Duration,
 }
 
 impl SinkState {
@@ -203,8 +205,8 @@ async fn submit_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let latency = match admit(&sink, &headers) {
-        Ok(latency) => latency,
+    let (latency, arrived) = match admit(&sink, &headers) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
     let items = match serde_json::from_slice::<Batch>(&body) {
@@ -217,19 +219,19 @@ async fn submit_batch(
         sink.items += items;
     }
     tokio::time::sleep(latency).await;
-    answered(&sink);
+    answered(&sink, arrived);
     Json(json!({ "value": [] })).into_response()
 }
 
 /// The single create the Logic App used: one indicator, 201.
 async fn create_one(State(sink): State<Arc<Mutex<SinkState>>>, headers: HeaderMap) -> Response {
-    let latency = match admit(&sink, &headers) {
-        Ok(latency) => latency,
+    let (latency, arrived) = match admit(&sink, &headers) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
     lock(&sink).single_creates += 1;
     tokio::time::sleep(latency).await;
-    answered(&sink);
+    answered(&sink, arrived);
     (StatusCode::CREATED, Json(json!({}))).into_response()
 }
 
@@ -258,7 +260,7 @@ impl IntoResponse for Refusal {
 }
 
 /// Checks the token and the rate limit; gives the latency to wait, or the refusal.
-fn admit(sink: &Mutex<SinkState>, headers: &HeaderMap) -> Result<Duration, Refusal> {
+fn admit(sink: &Mutex<SinkState>, headers: &HeaderMap) -> Result<(Duration, Instant), Refusal> {
     let bearer = format!("Bearer {TOKEN}");
     if headers
         .get(header::AUTHORIZATION)
@@ -275,11 +277,14 @@ fn admit(sink: &Mutex<SinkState>, headers: &HeaderMap) -> Result<Duration, Refus
         sink.client_gaps += now.duration_since(done);
     }
     sink.first_arrival.get_or_insert(now);
-    Ok(sink.latency)
+    Ok((sink.latency, now))
 }
 
 /// Notes when an answer leaves, so that the time the client takes between an answer and
 /// its next request can be summed.
-fn answered(sink: &Mutex<SinkState>) {
-    lock(sink).last_answer = Some(Instant::now());
+fn answered(sink: &Mutex<SinkState>, arrived: Instant) {
+    let now = Instant::now();
+    let mut sink = lock(sink);
+    sink.last_answer = Some(now);
+    sink.served += now.duration_since(arrived);
 }

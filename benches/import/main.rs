@@ -50,6 +50,8 @@ struct Outcome {
     before_first: Duration,
     /// The program's time between a sink answer and its next request, summed.
     client_gaps: Duration,
+    /// The sink's time from arrival to answer, summed (latency plus timer slack).
+    served: Duration,
     /// The last sink answer to the program's exit.
     after_last: Duration,
 }
@@ -191,6 +193,7 @@ fn run_case(fakes: &Fakes, root: &Path, case: &Case) -> anyhow::Result<Outcome> 
     Ok(Outcome {
         before_first: first.saturating_duration_since(spawned),
         client_gaps: sink.client_gaps,
+        served: sink.served,
         after_last: exited.saturating_duration_since(last),
         figures,
         requests: sink.requests,
@@ -272,12 +275,15 @@ fn row(case: &Case, o: &Outcome) -> String {
 /// requests (answer to next request) and end (last answer to exit).
 fn overhead(case: &Case, o: &Outcome) -> String {
     format!(
-        "  {}: start {:.0} ms, between requests {:.0} ms ({:.2} ms per request), end {:.0} ms",
+        "  {}: start {:.0} ms, between requests {:.0} ms ({:.2} ms per request), end {:.0} ms; \
+         sink answering {:.0} ms ({:.2} ms per request)",
         case.name,
         o.before_first.as_secs_f64() * 1e3,
         o.client_gaps.as_secs_f64() * 1e3,
         o.client_gaps.as_secs_f64() * 1e3 / o.requests.saturating_sub(1).max(1) as f64,
         o.after_last.as_secs_f64() * 1e3,
+        o.served.as_secs_f64() * 1e3,
+        o.served.as_secs_f64() * 1e3 / o.requests.max(1) as f64,
     )
 }
 
