@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use crate::feed::{FeedError, Ioc, IocType, ParsedFeed, SkipCounts, SkipReason, ThreatFoxClient};
 use crate::report::{ImportReport, Outcome};
 use crate::sink::Sink;
-use crate::uploader::{Pending, UploadPolicy, UploadStop, Uploader};
+use crate::uploader::{Batch, UploadPolicy, UploadStop, Uploader};
 
 /// Where the feed comes from.
 #[derive(Debug, Clone)]
@@ -67,10 +67,10 @@ impl Selection {
         now: OffsetDateTime,
         skipped: &mut SkipCounts,
     ) -> Vec<Ioc> {
-        iocs.sort_by_key(|ioc| ioc.id);
-        let mut kept: Vec<Ioc> = Vec::with_capacity(iocs.len());
+        // In place: a second vector would hold a second copy of the feed at the peak.
+        iocs.sort_unstable_by_key(|ioc| ioc.id);
         let mut previous_id = None;
-        for ioc in iocs {
+        iocs.retain(|ioc| {
             let is_repeat = previous_id == Some(ioc.id);
             previous_id = Some(ioc.id);
             let reason = if is_repeat {
@@ -86,12 +86,12 @@ impl Selection {
             } else {
                 None
             };
-            match reason {
-                Some(reason) => skipped.add(reason),
-                None => kept.push(ioc),
+            if let Some(reason) = reason {
+                skipped.add(reason);
             }
-        }
-        kept
+            reason.is_none()
+        });
+        iocs
     }
 }
 
@@ -166,7 +166,7 @@ pub async fn run_import(
 
     let mut uploader = Uploader::new(sink, policy);
     let mut remaining = iocs.into_iter();
-    let mut batch: Vec<Pending>;
+    let mut batch: Batch;
     let mut stop: Option<UploadStop> = None;
     loop {
         batch = next_batch(&mut remaining, sink, batch_size, &mut report.skipped);
@@ -185,8 +185,8 @@ pub async fn run_import(
         for (id, message) in outcome.rejected {
             report.reject(id, message);
         }
-        let highest = batch.iter().map(|p| p.id).max().unwrap_or_default();
-        batch.clear();
+        let highest = batch.highest_id().unwrap_or_default();
+        batch = Batch::default();
         if let Err(err) = on_settled.settled(highest).await {
             stop = Some(UploadStop::Failed(format!(
                 "could not save the checkpoint: {err}"
@@ -222,11 +222,11 @@ fn next_batch(
     sink: &dyn Sink,
     batch_size: usize,
     skipped: &mut SkipCounts,
-) -> Vec<Pending> {
-    let mut batch = Vec::with_capacity(batch_size);
+) -> Batch {
+    let mut batch = Batch::with_capacity(batch_size);
     for ioc in iocs.by_ref() {
         match sink.map(&ioc) {
-            Ok(item) => batch.push(Pending { id: ioc.id, item }),
+            Ok(item) => batch.push(ioc.id, item),
             Err(reason) => skipped.add(reason),
         }
         if batch.len() == batch_size {

@@ -73,13 +73,47 @@ pub struct UploadStats {
     pub splits: u64,
 }
 
-/// One mapped indicator on its way, with the ThreatFox id it came from.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    /// The ThreatFox id.
-    pub id: u64,
-    /// The sink's indicator.
-    pub item: Value,
+/// Mapped indicators on their way, each with the ThreatFox id it came from.
+///
+/// Ids and items are kept side by side so that the items can be sent as they are, without
+/// a copy.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// The ThreatFox ids, in the order of `items`.
+    pub ids: Vec<u64>,
+    /// The sink's indicators.
+    pub items: Vec<Value>,
+}
+
+impl Batch {
+    /// An empty batch with room for `capacity` indicators.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(capacity),
+            items: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds one indicator.
+    pub fn push(&mut self, id: u64, item: Value) {
+        self.ids.push(id);
+        self.items.push(item);
+    }
+
+    /// How many indicators the batch holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the batch holds no indicator.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The highest ThreatFox id in the batch.
+    pub fn highest_id(&self) -> Option<u64> {
+        self.ids.iter().copied().max()
+    }
 }
 
 /// The settled fate of one batch.
@@ -146,11 +180,11 @@ impl<'a> Uploader<'a> {
     ///
     /// A batch rejected as a whole is split in halves until each rejection is pinned to
     /// one item. Items are sent in the order given.
-    pub async fn upload(&mut self, batch: &[Pending]) -> Result<BatchOutcome, UploadStop> {
+    pub async fn upload(&mut self, batch: &Batch) -> Result<BatchOutcome, UploadStop> {
         if !self.has_time() {
             return Err(UploadStop::OutOfTime);
         }
-        let items: Vec<Value> = batch.iter().map(|p| p.item.clone()).collect();
+        let (ids, items) = (&batch.ids, &batch.items);
         let mut outcome = BatchOutcome::default();
         // Ranges still to send, last first; a split pushes its two halves.
         let mut ranges: Vec<Range<usize>> = Vec::new();
@@ -160,7 +194,7 @@ impl<'a> Uploader<'a> {
             match self.send_with_retries(&items[range.clone()]).await {
                 Ok(delivery) => {
                     for rejection in &delivery.rejected {
-                        let id = batch[range.start + rejection.index.min(range.len() - 1)].id;
+                        let id = ids[range.start + rejection.index.min(range.len() - 1)];
                         outcome.rejected.push((id, rejection.message.clone()));
                     }
                     outcome.delivered += (range.len() - delivery.rejected.len()) as u64;
@@ -168,7 +202,7 @@ impl<'a> Uploader<'a> {
                 Err(Unsettled::Refused(SendError::BatchRejected { message, .. }))
                     if range.len() == 1 =>
                 {
-                    outcome.rejected.push((batch[range.start].id, message));
+                    outcome.rejected.push((ids[range.start], message));
                 }
                 Err(Unsettled::Refused(SendError::BatchRejected { message, .. })) => {
                     self.stats.splits += 1;
@@ -324,8 +358,8 @@ mod tests {
             Err(SkipReason::UnsupportedBySink)
         }
 
-        fn request_body(&self, items: &[Value]) -> Value {
-            json!(items)
+        fn request_body(&self, items: &[Value]) -> Result<Vec<u8>, SendError> {
+            Ok(serde_json::to_vec(items).unwrap())
         }
 
         async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
@@ -350,13 +384,12 @@ mod tests {
         }
     }
 
-    fn batch(ids: impl IntoIterator<Item = u64>) -> Vec<Pending> {
-        ids.into_iter()
-            .map(|id| Pending {
-                id,
-                item: json!({ "id": id }),
-            })
-            .collect()
+    fn batch(ids: impl IntoIterator<Item = u64>) -> Batch {
+        let mut batch = Batch::default();
+        for id in ids {
+            batch.push(id, json!({ "id": id }));
+        }
+        batch
     }
 
     fn policy(requests_per_minute: u32, budget_secs: u64) -> UploadPolicy {
@@ -452,8 +485,8 @@ mod tests {
     async fn a_rejected_batch_is_split_until_only_the_bad_items_are_left() {
         let sink = ScriptedSink::default();
         let mut pending = batch(1..=10);
-        pending[3].item["bad"] = json!(true);
-        pending[8].item["bad"] = json!(true);
+        pending.items[3]["bad"] = json!(true);
+        pending.items[8]["bad"] = json!(true);
         let mut uploader = Uploader::new(&sink, policy(60_000, 600));
 
         let outcome = uploader.upload(&pending).await.unwrap();

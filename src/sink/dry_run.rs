@@ -41,17 +41,17 @@ impl Sink for DryRunSink {
         self.inner.map(ioc)
     }
 
-    fn request_body(&self, items: &[Value]) -> Value {
+    fn request_body(&self, items: &[Value]) -> Result<Vec<u8>, SendError> {
         self.inner.request_body(items)
     }
 
     async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
-        let body = self.inner.request_body(items);
+        let body = self.inner.request_body(items)?;
         let mut out = self.out.lock().map_err(|_| SendError::Fatal {
             message: "the dry-run output was poisoned by an earlier failure".to_owned(),
         })?;
-        let written = serde_json::to_writer(&mut *out, &body)
-            .map_err(std::io::Error::from)
+        let written = out
+            .write_all(&body)
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush());
         written.map_err(|err| SendError::Fatal {

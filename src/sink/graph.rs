@@ -6,6 +6,8 @@
 
 use async_trait::async_trait;
 use reqwest::Url;
+use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
@@ -172,6 +174,12 @@ pub(crate) fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
+/// The body of `submitTiIndicators`.
+#[derive(Serialize)]
+struct SubmitBody<'a> {
+    value: &'a [Value],
+}
+
 /// Writes indicators to Graph `tiIndicators`.
 #[derive(Debug, Clone)]
 pub struct GraphSink {
@@ -245,8 +253,8 @@ impl Sink for GraphSink {
         map_graph_indicator(ioc, &self.options)
     }
 
-    fn request_body(&self, items: &[Value]) -> Value {
-        json!({ "value": items })
+    fn request_body(&self, items: &[Value]) -> Result<Vec<u8>, SendError> {
+        super::encode(&SubmitBody { value: items })
     }
 
     async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
@@ -254,7 +262,8 @@ impl Sink for GraphSink {
             .http
             .post(self.endpoint("security/tiIndicators/submitTiIndicators"))
             .header("Authorization", self.bearer().await?)
-            .json(&self.request_body(items));
+            .header(CONTENT_TYPE, "application/json")
+            .body(self.request_body(items)?);
         let answer = execute(request).await?;
 
         match answer.status.as_u16() {

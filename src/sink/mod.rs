@@ -112,6 +112,14 @@ impl KillChainPhase {
     }
 }
 
+/// Encodes a request body; JSON values always encode, but the error is passed on rather
+/// than assumed away.
+fn encode(body: &impl serde::Serialize) -> Result<Vec<u8>, SendError> {
+    serde_json::to_vec(body).map_err(|err| SendError::Fatal {
+        message: format!("could not encode the request body: {err}"),
+    })
+}
+
 fn wait_suffix(wait: Option<Duration>) -> String {
     wait.map(|w| format!(", asked to wait {} ms", w.as_millis()))
         .unwrap_or_default()
@@ -129,8 +137,9 @@ pub trait Sink: Send + Sync {
     /// Maps one IoC to this sink's indicator, or says why it cannot be represented.
     fn map(&self, ioc: &Ioc) -> Result<Value, SkipReason>;
 
-    /// Builds the exact request body that carries `items`.
-    fn request_body(&self, items: &[Value]) -> Value;
+    /// Encodes the exact request body that carries `items`, straight from the borrowed
+    /// items (a batch is never copied on its way out).
+    fn request_body(&self, items: &[Value]) -> Result<Vec<u8>, SendError>;
 
     /// Sends one batch of mapped items in one request.
     async fn send(&self, items: &[Value]) -> Result<Delivery, SendError>;

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use reqwest::Url;
-use serde_json::{Value, json};
+use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
+use serde_json::Value;
 use tracing::warn;
 
 use super::http::{execute, short};
@@ -30,6 +32,13 @@ pub struct SentinelOptions {
     pub source_system: String,
     /// Days an indicator stays valid after ThreatFox last reported it.
     pub expiration_days: u16,
+}
+
+/// The body of an upload request.
+#[derive(Serialize)]
+struct UploadBody<'a> {
+    sourcesystem: &'a str,
+    stixobjects: &'a [Value],
 }
 
 /// Writes indicators through the Sentinel STIX objects Upload API.
@@ -113,8 +122,11 @@ impl Sink for SentinelSink {
         map_stix_indicator(ioc, &self.options)
     }
 
-    fn request_body(&self, items: &[Value]) -> Value {
-        json!({ "sourcesystem": self.options.source_system, "stixobjects": items })
+    fn request_body(&self, items: &[Value]) -> Result<Vec<u8>, SendError> {
+        super::encode(&UploadBody {
+            sourcesystem: &self.options.source_system,
+            stixobjects: items,
+        })
     }
 
     async fn send(&self, items: &[Value]) -> Result<Delivery, SendError> {
@@ -122,7 +134,8 @@ impl Sink for SentinelSink {
             .http
             .post(self.endpoint())
             .header("Authorization", self.bearer().await?)
-            .json(&self.request_body(items));
+            .header(CONTENT_TYPE, "application/json")
+            .body(self.request_body(items)?);
         let answer = execute(request).await?;
 
         match answer.status.as_u16() {
@@ -208,6 +221,7 @@ fn record_errors(count: usize, body: &str) -> Vec<ItemRejection> {
 #[cfg(test)]
 mod tests {
     use crate::sink::http::common_status_error;
+    use serde_json::json;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
