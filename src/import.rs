@@ -164,40 +164,67 @@ pub async fn run_import(
     report.skipped = feed.skipped;
     let iocs = selection.apply(feed.iocs, OffsetDateTime::now_utc(), &mut report.skipped);
 
-    let mut uploader = Uploader::new(sink, policy);
+    // A bounded queue between mapping and uploading: the next batches are mapped while a
+    // request is in flight, and no more than QUEUED_BATCHES wait, whatever the feed's size.
+    let (queue, mut queued) = tokio::sync::mpsc::channel::<Batch>(QUEUED_BATCHES);
     let mut remaining = iocs.into_iter();
-    let mut batch: Batch;
-    let mut stop: Option<UploadStop> = None;
-    loop {
-        batch = next_batch(&mut remaining, sink, batch_size, &mut report.skipped);
-        if batch.is_empty() {
-            break;
+    let mut unmapped = SkipCounts::default();
+    let producer = async {
+        // Owned here, so that the queue closes when the mapping is done.
+        let queue = queue;
+        loop {
+            let batch = next_batch(&mut remaining, sink, batch_size, &mut unmapped);
+            if batch.is_empty() {
+                return None;
+            }
+            if let Err(refused) = queue.send(batch).await {
+                // The uploader stopped: this batch was never sent.
+                return Some(refused.0);
+            }
         }
-        let outcome = match uploader.upload(&batch).await {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                stop = Some(err);
-                break;
+    };
+    let mut uploader = Uploader::new(sink, policy);
+    let mut delivered = Delivered::default();
+    let consumer = async {
+        let stop = loop {
+            let Some(batch) = queued.recv().await else {
+                break None;
+            };
+            let outcome = match uploader.upload(&batch).await {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    delivered.unsent += batch.len() as u64;
+                    break Some(err);
+                }
+            };
+            delivered.uploaded += outcome.delivered;
+            delivered.rejected.extend(outcome.rejected);
+            if let Err(err) = on_settled
+                .settled(batch.highest_id().unwrap_or_default())
+                .await
+            {
+                break Some(UploadStop::Failed(format!(
+                    "could not save the checkpoint: {err}"
+                )));
             }
         };
-
-        report.uploaded += outcome.delivered;
-        for (id, message) in outcome.rejected {
-            report.reject(id, message);
-        }
-        let highest = batch.highest_id().unwrap_or_default();
-        batch = Batch::default();
-        if let Err(err) = on_settled.settled(highest).await {
-            stop = Some(UploadStop::Failed(format!(
-                "could not save the checkpoint: {err}"
-            )));
-            break;
-        }
+        // Closing wakes a mapper waiting for room, so that it stops too.
+        queued.close();
+        stop
+    };
+    let (unqueued, stop) = tokio::join!(producer, consumer);
+    while let Ok(batch) = queued.try_recv() {
+        delivered.unsent += batch.len() as u64;
     }
 
+    report.skipped.merge(&unmapped);
+    report.uploaded = delivered.uploaded;
+    for (id, message) in delivered.rejected {
+        report.reject(id, message);
+    }
     if let Some(stop) = stop {
         // Whatever was not settled is counted, mapped or not, so the totals still add up.
-        report.not_delivered += batch.len() as u64;
+        report.not_delivered = delivered.unsent + unqueued.map_or(0, |b| b.len() as u64);
         for ioc in remaining {
             match sink.map(&ioc) {
                 Ok(_) => report.not_delivered += 1,
@@ -214,6 +241,18 @@ pub async fn run_import(
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_report(&report);
     report
+}
+
+/// How many mapped batches may wait for the uploader.
+const QUEUED_BATCHES: usize = 2;
+
+/// What the uploader settled, gathered while the mapping goes on beside it.
+#[derive(Default)]
+struct Delivered {
+    uploaded: u64,
+    rejected: Vec<(u64, String)>,
+    /// Mapped indicators in batches that were never settled.
+    unsent: u64,
 }
 
 /// Maps IoCs until a batch is full or the feed ends; unmappable ones are counted.

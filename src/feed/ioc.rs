@@ -8,9 +8,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+/// Text shared among the records that repeat it (malware names, tags, reporters).
+pub type Text = Arc<str>;
 
 /// The kind of value a ThreatFox IoC holds, as named by its `ioc_type` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,15 +146,15 @@ pub struct Ioc {
     /// The checked observable.
     pub observable: Observable,
     /// ThreatFox's `threat_type`, such as `botnet_cc`; kept as text because the list grows.
-    pub threat_type: String,
+    pub threat_type: Text,
     /// The Malpedia name, such as `win.cobalt_strike`.
-    pub malware: Option<String>,
+    pub malware: Option<Text>,
     /// The readable malware name; `None` when ThreatFox says "Unknown malware".
-    pub malware_printable: Option<String>,
+    pub malware_printable: Option<Text>,
     /// Other names of the malware family, split and without blanks.
-    pub malware_aliases: Vec<String>,
+    pub malware_aliases: Arc<[Text]>,
     /// The Malpedia page of the family.
-    pub malware_malpedia: Option<String>,
+    pub malware_malpedia: Option<Text>,
     /// ThreatFox's confidence, 0 to 100.
     pub confidence: u8,
     /// When ThreatFox first saw the IoC.
@@ -158,11 +162,11 @@ pub struct Ioc {
     /// When ThreatFox last saw it, if ever.
     pub last_seen: Option<OffsetDateTime>,
     /// A report or post that backs the IoC.
-    pub reference: Option<String>,
+    pub reference: Option<Text>,
     /// The ThreatFox user who reported it.
-    pub reporter: Option<String>,
+    pub reporter: Option<Text>,
     /// ThreatFox tags, without blanks or repeats.
-    pub tags: Vec<String>,
+    pub tags: Box<[Text]>,
 }
 
 impl Ioc {
@@ -184,9 +188,12 @@ impl Ioc {
 
     /// The malware family names: the printable name, then the aliases, without repeats
     /// (compared without case).
-    pub fn malware_families(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        let candidates = self.malware_printable.iter().chain(&self.malware_aliases);
+    pub fn malware_families(&self) -> Vec<Text> {
+        let mut names: Vec<Text> = Vec::new();
+        let candidates = self
+            .malware_printable
+            .iter()
+            .chain(self.malware_aliases.iter());
         for name in candidates {
             if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 names.push(name.clone());

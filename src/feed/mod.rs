@@ -6,9 +6,9 @@ mod parse;
 mod record;
 
 pub use client::ThreatFoxClient;
-pub use ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipCounts, SkipReason};
+pub use ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipCounts, SkipReason, Text};
 pub use parse::{ParsedFeed, parse_response};
-pub use record::{parse_domain, parse_record, parse_timestamp};
+pub use record::{Interner, parse_domain, parse_record, parse_record_with, parse_timestamp};
 
 use std::path::{Path, PathBuf};
 

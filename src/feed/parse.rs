@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::FeedError;
 use super::ioc::{Ioc, SkipCounts};
-use super::record::parse_record;
+use super::record::{Interner, parse_record_with};
 
 /// What a ThreatFox response held, after validation of every record.
 #[derive(Debug, Default)]
@@ -75,7 +75,10 @@ impl<'de> Visitor<'de> for ResponseVisitor<'_> {
                         other => other.to_string(),
                     }
                 }
-                "data" => map.next_value_seed(DataSeed { feed: self.feed })?,
+                "data" => map.next_value_seed(DataSeed {
+                    feed: self.feed,
+                    interner: Interner::default(),
+                })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -88,6 +91,7 @@ impl<'de> Visitor<'de> for ResponseVisitor<'_> {
 /// The `data` member: an array of records, or a message string when nothing matched.
 struct DataSeed<'a> {
     feed: &'a mut ParsedFeed,
+    interner: Interner,
 }
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
@@ -105,10 +109,10 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
         f.write_str("an array of IoC records or a message")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         while let Some(element) = seq.next_element::<Value>()? {
             self.feed.received += 1;
-            match parse_record(element) {
+            match parse_record_with(element, &mut self.interner) {
                 Ok(ioc) => self.feed.iocs.push(ioc),
                 Err(reason) => self.feed.skipped.add(reason),
             }

@@ -3,7 +3,9 @@
 //! ThreatFox is a community feed: values arrive as typed by reporters. Each check here is
 //! strict enough that a sink never receives an observable it would reject for its shape.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
-use super::ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipReason};
+use super::ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipReason, Text};
 
 /// The fields of a ThreatFox record this program reads; unknown fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,13 @@ struct RawRecord {
 
 /// Validates one element of the feed's `data` array.
 pub fn parse_record(value: Value) -> Result<Ioc, SkipReason> {
+    parse_record_with(value, &mut Interner::default())
+}
+
+/// Validates one element of the feed's `data` array, sharing repeated text through
+/// `interner`: malware names, aliases, tags, reporters and threat types recur across
+/// thousands of records and are then held once.
+pub fn parse_record_with(value: Value, interner: &mut Interner) -> Result<Ioc, SkipReason> {
     let raw = RawRecord::deserialize(value).map_err(|_| SkipReason::MalformedRecord)?;
 
     let id = raw
@@ -62,18 +71,19 @@ pub fn parse_record(value: Value) -> Result<Ioc, SkipReason> {
         id,
         ioc_type,
         observable,
-        threat_type: non_blank(raw.threat_type).unwrap_or_else(|| "unknown".to_owned()),
-        malware: non_blank(raw.malware),
+        threat_type: interner.text(non_blank(raw.threat_type).as_deref().unwrap_or("unknown")),
+        malware: non_blank(raw.malware).map(|t| interner.text(&t)),
         malware_printable: non_blank(raw.malware_printable)
-            .filter(|name| !name.eq_ignore_ascii_case("unknown malware")),
-        malware_aliases: split_aliases(raw.malware_alias.as_deref()),
-        malware_malpedia: non_blank(raw.malware_malpedia),
+            .filter(|name| !name.eq_ignore_ascii_case("unknown malware"))
+            .map(|t| interner.text(&t)),
+        malware_aliases: interner.aliases(raw.malware_alias.as_deref().unwrap_or_default()),
+        malware_malpedia: non_blank(raw.malware_malpedia).map(|t| interner.text(&t)),
         confidence,
         first_seen,
         last_seen,
-        reference: non_blank(raw.reference),
-        reporter: non_blank(raw.reporter),
-        tags: clean_tags(raw.tags.unwrap_or_default()),
+        reference: non_blank(raw.reference).map(|t| interner.text(&t)),
+        reporter: non_blank(raw.reporter).map(|t| interner.text(&t)),
+        tags: clean_tags(raw.tags.unwrap_or_default(), interner),
     })
 }
 
@@ -111,25 +121,51 @@ fn non_blank(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
-fn split_aliases(aliases: Option<&str>) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for name in aliases.unwrap_or_default().split(',').map(str::trim) {
-        if !name.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            names.push(name.to_owned());
-        }
-    }
-    names
+/// Shares one allocation among the records that repeat the same text.
+#[derive(Debug, Default)]
+pub struct Interner {
+    texts: HashSet<Text>,
+    alias_lists: HashMap<String, Arc<[Text]>>,
 }
 
-fn clean_tags(tags: Vec<Option<String>>) -> Vec<String> {
-    let mut clean: Vec<String> = Vec::new();
+impl Interner {
+    /// The shared copy of `text`.
+    pub fn text(&mut self, text: &str) -> Text {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        let shared: Text = Arc::from(text);
+        self.texts.insert(shared.clone());
+        shared
+    }
+
+    /// The shared list of names in a comma-separated `malware_alias`, without blanks and
+    /// repeats (compared without case).
+    fn aliases(&mut self, aliases: &str) -> Arc<[Text]> {
+        if let Some(list) = self.alias_lists.get(aliases) {
+            return list.clone();
+        }
+        let mut names: Vec<Text> = Vec::new();
+        for name in aliases.split(',').map(str::trim) {
+            if !name.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(self.text(name));
+            }
+        }
+        let list: Arc<[Text]> = names.into();
+        self.alias_lists.insert(aliases.to_owned(), list.clone());
+        list
+    }
+}
+
+fn clean_tags(tags: Vec<Option<String>>, interner: &mut Interner) -> Box<[Text]> {
+    let mut clean: Vec<Text> = Vec::new();
     for tag in tags.into_iter().flatten() {
         let tag = tag.trim();
-        if !tag.is_empty() && !clean.iter().any(|t| t == tag) {
-            clean.push(tag.to_owned());
+        if !tag.is_empty() && !clean.iter().any(|t| &**t == tag) {
+            clean.push(interner.text(tag));
         }
     }
-    clean
+    clean.into_boxed_slice()
 }
 
 fn parse_observable(ioc_type: IocType, value: &str) -> Option<Observable> {
@@ -223,6 +259,22 @@ mod tests {
         })
     }
 
+    fn texts(list: &[Text]) -> Vec<&str> {
+        list.iter().map(|t| &**t).collect()
+    }
+
+    #[test]
+    fn repeated_text_is_held_once() {
+        let mut interner = Interner::default();
+
+        let first = parse_record_with(record("domain", "a.example"), &mut interner).unwrap();
+        let second = parse_record_with(record("domain", "b.example"), &mut interner).unwrap();
+
+        assert!(Arc::ptr_eq(&first.threat_type, &second.threat_type));
+        assert!(Arc::ptr_eq(&first.malware_aliases, &second.malware_aliases));
+        assert!(Arc::ptr_eq(&first.tags[0], &second.tags[0]));
+    }
+
     fn observable(ioc_type: &str, ioc: &str) -> Result<Observable, SkipReason> {
         parse_record(record(ioc_type, ioc)).map(|i| i.observable)
     }
@@ -240,17 +292,17 @@ mod tests {
                 port: 80
             }
         );
-        assert_eq!(ioc.threat_type, "botnet_cc");
+        assert_eq!(&*ioc.threat_type, "botnet_cc");
         assert_eq!(ioc.malware.as_deref(), Some("win.cobalt_strike"));
         assert_eq!(
-            ioc.malware_aliases,
+            texts(&ioc.malware_aliases),
             ["Agentemis", "BEACON", "CobaltStrike", "cobeacon"]
         );
         assert_eq!(ioc.confidence, 100);
         assert_eq!(ioc.first_seen, datetime!(2022-08-05 10:28:53 UTC));
         assert_eq!(ioc.last_seen, None);
         assert_eq!(ioc.reference, None);
-        assert_eq!(ioc.tags, ["CobaltStrike"]);
+        assert_eq!(texts(&ioc.tags), ["CobaltStrike"]);
     }
 
     #[test]
@@ -405,8 +457,8 @@ mod tests {
         let ioc = parse_record(raw).unwrap();
 
         assert_eq!(ioc.malware_printable, None);
-        assert_eq!(ioc.malware_aliases, ["beacon"]);
-        assert_eq!(ioc.tags, ["a"]);
-        assert_eq!(ioc.malware_families(), ["beacon"]);
+        assert_eq!(texts(&ioc.malware_aliases), ["beacon"]);
+        assert_eq!(texts(&ioc.tags), ["a"]);
+        assert_eq!(texts(&ioc.malware_families()), ["beacon"]);
     }
 }

@@ -482,7 +482,7 @@ mod tests {
     #[test]
     fn descriptions_never_exceed_100_characters() {
         let mut long = ioc("domain", "evil.example", "botnet_cc");
-        long.malware_printable = Some("Ä".repeat(150));
+        long.malware_printable = Some("Ä".repeat(150).into());
 
         let text = description(&long);
 

@@ -173,9 +173,9 @@ fn labels(ioc: &Ioc) -> Vec<String> {
     let candidates = ioc
         .tags
         .iter()
-        .cloned()
-        .chain(ioc.malware.clone())
-        .chain([ioc.threat_type.clone()])
+        .map(|tag| tag.to_string())
+        .chain(ioc.malware.as_deref().map(str::to_owned))
+        .chain([ioc.threat_type.to_string()])
         .chain(port);
     let mut labels: Vec<String> = Vec::new();
     for label in candidates {
@@ -245,7 +245,7 @@ fn reference_uri(text: &str) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::feed::parse_record;
+    use crate::feed::{Text, parse_record};
 
     pub(crate) fn options() -> SentinelOptions {
         SentinelOptions {
@@ -476,7 +476,9 @@ pub(crate) mod tests {
     #[test]
     fn labels_are_deduplicated_without_case() {
         let mut tagged = ioc("domain", "evil.example");
-        tagged.tags = vec!["Botnet_CC".into(), "WIN.COBALT_STRIKE".into(), "x".into()];
+        tagged.tags = ["Botnet_CC", "WIN.COBALT_STRIKE", "x"]
+            .map(Text::from)
+            .into();
 
         let indicator = map_stix_indicator(&tagged, &options()).unwrap();
 
