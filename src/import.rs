@@ -186,28 +186,35 @@ pub async fn run_import(
     let mut uploader = Uploader::new(sink, policy);
     let mut delivered = Delivered::default();
     let consumer = async {
+        // A settled batch's checkpoint is saved while the next batch is in flight, so that
+        // a slow store (a blob write, an fsync) never holds the upload back.
+        let mut unsaved: Option<u64> = None;
         let stop = loop {
             let Some(batch) = queued.recv().await else {
                 break None;
             };
-            let outcome = match uploader.upload(&batch).await {
-                Ok(outcome) => outcome,
+            let save = save_checkpoint(&mut on_settled, unsaved.take());
+            let (sent, saved) = tokio::join!(uploader.upload(&batch), save);
+            match sent {
+                Ok(outcome) => {
+                    delivered.uploaded += outcome.delivered;
+                    delivered.rejected.extend(outcome.rejected);
+                    unsaved = batch.highest_id();
+                }
                 Err(err) => {
                     delivered.unsent += batch.len() as u64;
+                    if let Err(save_error) = saved {
+                        error!(error = %save_error, "the checkpoint was not saved either");
+                    }
                     break Some(err);
                 }
-            };
-            delivered.uploaded += outcome.delivered;
-            delivered.rejected.extend(outcome.rejected);
-            if let Err(err) = on_settled
-                .settled(batch.highest_id().unwrap_or_default())
-                .await
-            {
-                break Some(UploadStop::Failed(format!(
-                    "could not save the checkpoint: {err}"
-                )));
+            }
+            if let Err(err) = saved {
+                break Some(err);
             }
         };
+        let last_save = save_checkpoint(&mut on_settled, unsaved).await;
+        let stop = stop.or(last_save.err());
         // Closing wakes a mapper waiting for room, so that it stops too.
         queued.close();
         stop
@@ -241,6 +248,18 @@ pub async fn run_import(
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_report(&report);
     report
+}
+
+/// Saves the checkpoint up to `highest_id`, when there is one to save.
+async fn save_checkpoint(
+    on_settled: &mut impl OnSettled,
+    highest_id: Option<u64>,
+) -> Result<(), UploadStop> {
+    let Some(id) = highest_id else { return Ok(()) };
+    on_settled
+        .settled(id)
+        .await
+        .map_err(|err| UploadStop::Failed(format!("could not save the checkpoint: {err}")))
 }
 
 /// How many mapped batches may wait for the uploader.
