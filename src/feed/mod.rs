@@ -8,7 +8,7 @@ mod record;
 pub use client::ThreatFoxClient;
 pub use ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipCounts, SkipReason, Text};
 pub use parse::{ParsedFeed, parse_response};
-pub use record::{Interner, parse_domain, parse_record, parse_record_with, parse_timestamp};
+pub use record::{Interner, parse_domain, parse_record, parse_record_json, parse_timestamp};
 
 use std::path::{Path, PathBuf};
 

@@ -9,10 +9,11 @@ use std::io::Read;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::FeedError;
 use super::ioc::{Ioc, SkipCounts};
-use super::record::{Interner, parse_record_with};
+use super::record::{Interner, parse_record_json};
 
 /// What a ThreatFox response held, after validation of every record.
 #[derive(Debug, Default)]
@@ -110,9 +111,11 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(element) = seq.next_element::<Value>()? {
+        // Each element is first taken as raw JSON text, so that one malformed record is
+        // skipped and counted instead of failing the whole response.
+        while let Some(element) = seq.next_element::<Box<RawValue>>()? {
             self.feed.received += 1;
-            match parse_record_with(element, &mut self.interner) {
+            match parse_record_json(element.get(), &mut self.interner) {
                 Ok(ioc) => self.feed.iocs.push(ioc),
                 Err(reason) => self.feed.skipped.add(reason),
             }

@@ -3,6 +3,7 @@
 //! ThreatFox is a community feed: values arrive as typed by reporters. Each check here is
 //! strict enough that a sink never receives an observable it would reject for its shape.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,35 +16,49 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::ioc::{HashAlgorithm, Ioc, IocType, Observable, SkipReason, Text};
 
-/// The fields of a ThreatFox record this program reads; unknown fields are ignored.
+/// The fields of a ThreatFox record this program reads; unknown fields are ignored. Text is
+/// borrowed from the record's JSON where it has no escapes, so reading a record allocates
+/// only what is kept.
 #[derive(Debug, Deserialize)]
-struct RawRecord {
+struct RawRecord<'a> {
     id: Option<Value>,
-    ioc: Option<String>,
-    threat_type: Option<String>,
-    ioc_type: Option<String>,
-    malware: Option<String>,
-    malware_printable: Option<String>,
-    malware_alias: Option<String>,
-    malware_malpedia: Option<String>,
+    #[serde(borrow)]
+    ioc: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    threat_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ioc_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    malware: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    malware_printable: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    malware_alias: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    malware_malpedia: Option<Cow<'a, str>>,
     confidence_level: Option<Value>,
-    first_seen: Option<String>,
-    last_seen: Option<String>,
-    reference: Option<String>,
-    reporter: Option<String>,
-    tags: Option<Vec<Option<String>>>,
+    #[serde(borrow)]
+    first_seen: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    last_seen: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reporter: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tags: Option<Vec<Option<Cow<'a, str>>>>,
 }
 
 /// Validates one element of the feed's `data` array.
 pub fn parse_record(value: Value) -> Result<Ioc, SkipReason> {
-    parse_record_with(value, &mut Interner::default())
+    parse_record_json(&value.to_string(), &mut Interner::default())
 }
 
-/// Validates one element of the feed's `data` array, sharing repeated text through
-/// `interner`: malware names, aliases, tags, reporters and threat types recur across
-/// thousands of records and are then held once.
-pub fn parse_record_with(value: Value, interner: &mut Interner) -> Result<Ioc, SkipReason> {
-    let raw = RawRecord::deserialize(value).map_err(|_| SkipReason::MalformedRecord)?;
+/// Validates one element of the feed's `data` array, given as its JSON text, sharing
+/// repeated text through `interner`: malware names, aliases, tags, reporters and threat
+/// types recur across thousands of records and are then held once.
+pub fn parse_record_json(json: &str, interner: &mut Interner) -> Result<Ioc, SkipReason> {
+    let raw: RawRecord<'_> = serde_json::from_str(json).map_err(|_| SkipReason::MalformedRecord)?;
 
     let id = raw
         .id
@@ -71,19 +86,19 @@ pub fn parse_record_with(value: Value, interner: &mut Interner) -> Result<Ioc, S
         id,
         ioc_type,
         observable,
-        threat_type: interner.text(non_blank(raw.threat_type).as_deref().unwrap_or("unknown")),
-        malware: non_blank(raw.malware).map(|t| interner.text(&t)),
-        malware_printable: non_blank(raw.malware_printable)
+        threat_type: interner.text(non_blank(&raw.threat_type).unwrap_or("unknown")),
+        malware: non_blank(&raw.malware).map(|t| interner.text(t)),
+        malware_printable: non_blank(&raw.malware_printable)
             .filter(|name| !name.eq_ignore_ascii_case("unknown malware"))
-            .map(|t| interner.text(&t)),
+            .map(|t| interner.text(t)),
         malware_aliases: interner.aliases(raw.malware_alias.as_deref().unwrap_or_default()),
-        malware_malpedia: non_blank(raw.malware_malpedia).map(|t| interner.text(&t)),
+        malware_malpedia: non_blank(&raw.malware_malpedia).map(|t| interner.text(t)),
         confidence,
         first_seen,
         last_seen,
-        reference: non_blank(raw.reference).map(|t| interner.text(&t)),
-        reporter: non_blank(raw.reporter).map(|t| interner.text(&t)),
-        tags: clean_tags(raw.tags.unwrap_or_default(), interner),
+        reference: non_blank(&raw.reference).map(|t| interner.text(t)),
+        reporter: non_blank(&raw.reporter).map(|t| interner.text(t)),
+        tags: clean_tags(raw.tags.as_deref().unwrap_or_default(), interner),
     })
 }
 
@@ -117,8 +132,8 @@ pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
-fn non_blank(value: Option<String>) -> Option<String> {
-    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+fn non_blank<'a>(value: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// Shares one allocation among the records that repeat the same text.
@@ -157,9 +172,9 @@ impl Interner {
     }
 }
 
-fn clean_tags(tags: Vec<Option<String>>, interner: &mut Interner) -> Box<[Text]> {
+fn clean_tags(tags: &[Option<Cow<'_, str>>], interner: &mut Interner) -> Box<[Text]> {
     let mut clean: Vec<Text> = Vec::new();
-    for tag in tags.into_iter().flatten() {
+    for tag in tags.iter().flatten() {
         let tag = tag.trim();
         if !tag.is_empty() && !clean.iter().any(|t| &**t == tag) {
             clean.push(interner.text(tag));
@@ -267,8 +282,10 @@ mod tests {
     fn repeated_text_is_held_once() {
         let mut interner = Interner::default();
 
-        let first = parse_record_with(record("domain", "a.example"), &mut interner).unwrap();
-        let second = parse_record_with(record("domain", "b.example"), &mut interner).unwrap();
+        let first =
+            parse_record_json(&record("domain", "a.example").to_string(), &mut interner).unwrap();
+        let second =
+            parse_record_json(&record("domain", "b.example").to_string(), &mut interner).unwrap();
 
         assert!(Arc::ptr_eq(&first.threat_type, &second.threat_type));
         assert!(Arc::ptr_eq(&first.malware_aliases, &second.malware_aliases));
