@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+for tool in python3 npm openssl cargo-nextest; do
+  command -v "$tool" >/dev/null 2>&1 \
+    || { echo "scripts/test.sh needs $tool on PATH" >&2; exit 1; }
+done
+
 venv="${VENV_DIR:-${TMPDIR:-/tmp}/threatfox-sentinel-venv}"
 if [[ ! -x "$venv/bin/pytest" ]]; then
   python3 -m venv "$venv"
