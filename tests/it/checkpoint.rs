@@ -243,11 +243,7 @@ async fn a_concurrent_import_is_refused_while_the_first_runs() {
     );
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     assert_eq!(graph_ids(&upstreams.graph), vec![100, 101, 102, 103, 104]);
-    let accepted = accepted_counts(&upstreams.graph);
-    assert!(
-        accepted.len() == 5 && accepted.values().all(|c| *c == 1),
-        "{accepted:?}"
-    );
+    assert_accepted_once(&upstreams.graph, 5);
     // The refused import stopped before it asked ThreatFox for anything.
     assert_eq!(upstreams.days_asked(), vec![2]);
 }

@@ -351,6 +351,15 @@ pub fn accepted_counts(graph: &Fake) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Asserts that Graph accepted `expected` distinct indicators, each exactly once.
+pub fn assert_accepted_once(graph: &Fake, expected: usize) {
+    let counts = accepted_counts(graph);
+    assert!(
+        counts.len() == expected && counts.values().all(|c| *c == 1),
+        "expected {expected} indicators accepted once each: {counts:?}"
+    );
+}
+
 /// A TCP front for `target` that accepts and at once closes its first `drops` connections,
 /// as a load balancer resetting connections would, and relays the rest.
 pub async fn flaky_front(target: SocketAddr, drops: usize) -> SocketAddr {
