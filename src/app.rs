@@ -90,6 +90,30 @@ impl App {
         self.http.clone()
     }
 
+    /// Confirms that the checkpoint store can be read and the import lock taken (which
+    /// writes to the store), then lets the lock go; imports nothing.
+    pub async fn check_checkpoint_store(&self) -> Result<String, String> {
+        let location = self.checkpoints.location();
+        let lock = match self.checkpoints.acquire().await {
+            Ok(lock) => lock,
+            Err(LockError::Busy { .. }) => {
+                return Ok(format!(
+                    "{location} answers; an import holds the lock right now"
+                ));
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        let loaded = self.checkpoints.load().await;
+        lock.release().await;
+        match loaded {
+            Ok(loaded) => Ok(match loaded.checkpoint {
+                Some(checkpoint) => format!("{location} holds last id {}", checkpoint.last_id),
+                None => format!("{location} is writable and holds no checkpoint yet"),
+            }),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
     /// Runs one import, unless one is already running here or on another instance.
     pub async fn import(&self, request: ImportRequest) -> Result<ImportReport, ImportRefused> {
         let _running = self.running.try_lock().map_err(|_| ImportRefused::Busy)?;

@@ -1,6 +1,6 @@
 //! `threatfox-sentinel check`: confirms, without importing anything, that every dependency
-//! of an import answers: the settings, ThreatFox with this key, a token for the sink, and the
-//! sink itself.
+//! of an import answers: the settings, ThreatFox with this key, a token for the sink, the
+//! sink itself, and the checkpoint store.
 
 use std::fmt;
 
@@ -92,6 +92,11 @@ pub async fn run_checks(app: &App) -> Vec<CheckResult> {
     results.push(CheckResult {
         name: settings.sink.as_str(),
         outcome: sink,
+    });
+
+    results.push(CheckResult {
+        name: "checkpoint",
+        outcome: app.check_checkpoint_store().await,
     });
     results
 }

@@ -163,7 +163,7 @@ async fn check_passes_when_every_dependency_answers() {
 
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(0), "{stdout}");
-    for name in ["settings", "threatfox", "token", "graph"] {
+    for name in ["settings", "threatfox", "token", "graph", "checkpoint"] {
         assert!(
             stdout
                 .lines()
@@ -237,4 +237,29 @@ async fn check_names_each_failing_dependency_with_its_fix() {
         assert!(line.contains(fix), "{line}");
         assert!(!stdout.contains(AUTH_KEY));
     }
+}
+
+#[tokio::test]
+async fn check_says_when_the_checkpoint_store_cannot_be_written() {
+    let upstreams = Upstreams::new(fake_threatfox(sample_feed()).await, fake_graph().await).await;
+    let dir = temp_dir("check-state");
+    let blocker = dir.join("not-a-directory");
+    std::fs::write(&blocker, "a file where the state folder should be").unwrap();
+    let mut env = upstreams.env(&dir);
+    env.insert(
+        "STATE_DIR".into(),
+        blocker.join("state").display().to_string(),
+    );
+
+    let run = run_cli(env, &["check"]).await;
+
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    let line = stdout.lines().find(|l| l.contains("checkpoint")).unwrap();
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(line.contains("STATE_DIR"), "{line}");
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok")).count() == 4,
+        "{stdout}"
+    );
 }
