@@ -34,6 +34,8 @@ pub struct Fakes {
     pub identity_endpoint: String,
     /// `GRAPH_API_URL`.
     pub graph_url: String,
+    /// `SENTINEL_API_URL`: the same fake sink, answering the Upload API's path.
+    pub sentinel_url: String,
     /// What the fake ThreatFox serves, and how often it was asked.
     pub feed: Arc<Mutex<FeedState>>,
     /// The sink's settings and counters.
@@ -134,12 +136,18 @@ pub async fn start() -> anyhow::Result<Fakes> {
             post(submit_batch),
         )
         .route("/beta/security/tiIndicators", post(create_one))
+        .route(
+            "/workspaces/{workspace}/threat-intelligence-stix-objects:upload",
+            post(upload_stix),
+        )
         .with_state(sink.clone());
 
+    let sink_base = spawn_server(graph).await?;
     Ok(Fakes {
         threatfox_url: format!("{}/api/v1/", spawn_server(threatfox).await?),
         identity_endpoint: format!("{}/msi/token", spawn_server(identity).await?),
-        graph_url: format!("{}/beta", spawn_server(graph).await?),
+        graph_url: format!("{sink_base}/beta"),
+        sentinel_url: sink_base,
         feed,
         sink,
         tokens,
@@ -199,28 +207,61 @@ struct Batch {
     value: Vec<IgnoredAny>,
 }
 
+#[derive(Deserialize)]
+struct StixBatch {
+    stixobjects: Vec<IgnoredAny>,
+}
+
 /// `submitTiIndicators`: counts the batch, waits the latency, answers 200.
 async fn submit_batch(
     State(sink): State<Arc<Mutex<SinkState>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (latency, arrived) = match admit(&sink, &headers) {
+    let items = serde_json::from_slice::<Batch>(&body).map(|b| b.value.len());
+    serve_batch(
+        &sink,
+        &headers,
+        items,
+        Json(json!({ "value": [] })).into_response(),
+    )
+    .await
+}
+
+/// The Sentinel Upload API: counts the objects, waits the latency, answers 200 with an
+/// empty body (every object accepted).
+async fn upload_stix(
+    State(sink): State<Arc<Mutex<SinkState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let items = serde_json::from_slice::<StixBatch>(&body).map(|b| b.stixobjects.len());
+    serve_batch(&sink, &headers, items, StatusCode::OK.into_response()).await
+}
+
+/// Admits a batch under the limit, counts its items, waits the latency, then answers.
+async fn serve_batch(
+    sink: &Arc<Mutex<SinkState>>,
+    headers: &HeaderMap,
+    items: serde_json::Result<usize>,
+    answer: Response,
+) -> Response {
+    let (latency, arrived) = match admit(sink, headers) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    let items = match serde_json::from_slice::<Batch>(&body) {
-        Ok(batch) => batch.value.len() as u64,
+    let items = match items {
+        Ok(items) => items as u64,
         Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
     };
     {
-        let mut sink = lock(&sink);
+        let mut sink = lock(sink);
         sink.requests += 1;
         sink.items += items;
     }
     tokio::time::sleep(latency).await;
-    answered(&sink, arrived);
-    Json(json!({ "value": [] })).into_response()
+    answered(sink, arrived);
+    answer
 }
 
 /// The single create the Logic App used: one indicator, 201.

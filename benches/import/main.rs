@@ -33,8 +33,10 @@ struct Case {
     latency: Duration,
     /// The fake sink's limit, requests per sliding 60 s window.
     sink_limit: Option<u32>,
-    /// `UPLOAD_MAX_REQUESTS_PER_MINUTE` for the program; unset uses Graph's 1,000.
+    /// `UPLOAD_MAX_REQUESTS_PER_MINUTE` for the program; unset uses the sink's own limit.
     upload_limit: Option<u32>,
+    /// `IMPORT_SINK`.
+    sink: &'static str,
 }
 
 /// What a case measured.
@@ -130,6 +132,7 @@ fn cases(latency: Duration) -> Vec<Case> {
         latency,
         sink_limit: None,
         upload_limit: Some(60_000),
+        sink: "graph",
     };
     let limited = |name, iocs, days, limit, upload_limit, latency| Case {
         name,
@@ -138,6 +141,7 @@ fn cases(latency: Duration) -> Vec<Case> {
         latency,
         sink_limit: Some(limit),
         upload_limit,
+        sink: "graph",
     };
     vec![
         no_limit("day", 1_526, 1),
@@ -145,8 +149,15 @@ fn cases(latency: Duration) -> Vec<Case> {
         no_limit("stress", 200_000, 7),
         limited("day@graph-1000", 1_526, 1, 1_000, None, latency),
         limited("week@graph-1000", 20_000, 7, 1_000, None, latency),
-        limited("day@sentinel-100", 1_526, 1, 100, Some(100), latency),
-        limited("week@sentinel-100", 20_000, 7, 100, Some(100), latency),
+        // The Sentinel sink itself, at its own limit of 100 requests a minute.
+        Case {
+            sink: "sentinel",
+            ..limited("day@sentinel-100", 1_526, 1, 100, None, latency)
+        },
+        Case {
+            sink: "sentinel",
+            ..limited("week@sentinel-100", 20_000, 7, 100, None, latency)
+        },
         limited(
             "stress@scaled-6000",
             200_000,
@@ -168,6 +179,17 @@ fn run_case(fakes: &Fakes, root: &Path, case: &Case) -> anyhow::Result<Outcome> 
 
     let dir = child::fresh_dir(root, case.name)?;
     let mut env = program_env(fakes, &dir);
+    if case.sink == "sentinel" {
+        env.retain(|(name, _)| name != "IMPORT_SINK");
+        env.extend([
+            ("IMPORT_SINK".to_owned(), "sentinel".to_owned()),
+            ("SENTINEL_API_URL".to_owned(), fakes.sentinel_url.clone()),
+            (
+                "SENTINEL_WORKSPACE_ID".to_owned(),
+                "9b2a3c1e-3f5d-4a7b-8c9d-0e1f2a3b4c5d".to_owned(),
+            ),
+        ]);
+    }
     if let Some(limit) = case.upload_limit {
         env.push(("UPLOAD_MAX_REQUESTS_PER_MINUTE".into(), limit.to_string()));
     }
@@ -258,7 +280,14 @@ fn row(case: &Case, o: &Outcome) -> String {
         case.name,
         case.iocs,
         limit(case.sink_limit, "none"),
-        limit(case.upload_limit, "unset (1000)"),
+        limit(
+            case.upload_limit,
+            if case.sink == "sentinel" {
+                "unset (sentinel: 100)"
+            } else {
+                "unset (graph: 1000)"
+            },
+        ),
         case.latency.as_millis(),
         o.figures.wall.as_secs_f64(),
         o.figures.cpu.as_secs_f64(),
