@@ -14,7 +14,7 @@ use crate::checkpoint::{
 };
 use crate::config::{ConfigError, Settings, SinkKind};
 use crate::feed::ThreatFoxClient;
-use crate::import::{FeedSource, ImportPlan, OnSettled, Selection, run_import};
+use crate::import::{FeedSource, ImportPlan, OnSettled, Selection, describe_source, run_import};
 use crate::report::{CheckpointSummary, ImportReport, Outcome};
 use crate::sink::{
     DryRunSink, GRAPH_SCOPE, GraphOptions, GraphSink, SentinelOptions, SentinelSink, Sink,
@@ -125,7 +125,8 @@ impl App {
             }
             Err(err) => {
                 let days = request.days.unwrap_or(self.settings.import_days);
-                return Ok(self.failed_report(&request, days, err.to_string()));
+                let source = describe_source(request.input.as_deref());
+                return Ok(self.failed_report(&source, days, request.dry_run, err.to_string()));
             }
         };
         let result = self.import_locked(request, &lock).await;
@@ -148,7 +149,8 @@ impl App {
                 Ok(loaded) => Some(loaded),
                 Err(err) => {
                     let days = request.days.unwrap_or(settings.import_days);
-                    return Ok(self.failed_report(&request, days, err.to_string()));
+                    let source = describe_source(request.input.as_deref());
+                    return Ok(self.failed_report(&source, days, request.dry_run, err.to_string()));
                 }
             }
         };
@@ -172,15 +174,7 @@ impl App {
         let sink = match self.build_sink(request.dry_run, request.output).await {
             Ok(sink) => sink,
             Err(message) => {
-                let mut report = ImportReport::new(
-                    settings.sink.as_str(),
-                    &source.describe(),
-                    days,
-                    request.dry_run,
-                );
-                report.outcome = Outcome::Failed;
-                report.error = Some(message);
-                return Ok(report);
+                return Ok(self.failed_report(&source.describe(), days, request.dry_run, message));
             }
         };
         let selection = Selection {
@@ -248,13 +242,8 @@ impl App {
     }
 
     /// A report for an import that failed before it read the feed.
-    fn failed_report(&self, request: &ImportRequest, days: u8, error: String) -> ImportReport {
-        let source = request
-            .input
-            .as_ref()
-            .map_or_else(|| "threatfox".to_owned(), |path| path.display().to_string());
-        let mut report =
-            ImportReport::new(self.settings.sink.as_str(), &source, days, request.dry_run);
+    fn failed_report(&self, source: &str, days: u8, dry_run: bool, error: String) -> ImportReport {
+        let mut report = ImportReport::new(self.settings.sink.as_str(), source, days, dry_run);
         report.outcome = Outcome::Failed;
         report.error = Some(error);
         error!(

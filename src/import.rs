@@ -27,8 +27,8 @@ impl FeedSource {
     /// How the source is named in reports.
     pub fn describe(&self) -> String {
         match self {
-            FeedSource::Api(_) => "threatfox".to_owned(),
-            FeedSource::File(path) => path.display().to_string(),
+            FeedSource::Api(_) => describe_source(None),
+            FeedSource::File(path) => describe_source(Some(path)),
         }
     }
 
@@ -43,6 +43,11 @@ impl FeedSource {
             }
         }
     }
+}
+
+/// How a feed source is named in reports: `threatfox`, or the saved file's path.
+pub fn describe_source(input: Option<&std::path::Path>) -> String {
+    input.map_or_else(|| "threatfox".to_owned(), |path| path.display().to_string())
 }
 
 /// Which IoCs an import keeps.
